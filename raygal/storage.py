@@ -1,0 +1,258 @@
+"""One place that turns a URI into a filesystem.
+
+Every read and write of data, manifests and checkpoints in raygal goes through this module, so a
+dataset can live on a local disk or in any S3-compatible object store with the same code.
+
+URIs::
+
+    /data/survey, ./survey, file:///data/survey   local paths
+    s3://bucket/prefix                             S3 or an S3-compatible store
+
+The S3 endpoint comes, in order, from the ``endpoint_url`` argument, ``RAYGAL_S3_ENDPOINT_URL``,
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``; credentials and region from the standard AWS
+chain (environment, ``~/.aws/credentials`` and ``config``, instance roles). Credentials are never
+printed, logged or put in error messages.
+
+Two kinds of filesystem are handed out: pyarrow's own (``arrow_fs``), which is several times
+faster for Parquet, and fsspec's (``fsspec_fs``: s3fs for S3) for everything file-like (FITS,
+JPEG, JSON manifests, checkpoints).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+ENDPOINT_ENV_VARS = ("RAYGAL_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+class StorageError(OSError):
+    """A URI could not be reached or used (no such bucket, wrong endpoint, no permission)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    scheme: str          # "file" or "s3"
+    path: str            # local absolute path, or "bucket/key" for s3
+    uri: str             # normalised URI
+
+    @property
+    def is_s3(self) -> bool:
+        return self.scheme == "s3"
+
+    @property
+    def bucket(self) -> str | None:
+        return self.path.split("/", 1)[0] if self.is_s3 else None
+
+
+def parse_uri(uri: str | os.PathLike) -> Location:
+    uri = os.fspath(uri)
+    if uri.startswith("s3://") or uri.startswith("s3a://"):
+        p = urlparse(uri)
+        if not p.netloc:
+            raise ValueError(f"{uri!r}: an s3 URI needs a bucket, e.g. s3://bucket/prefix")
+        path = (p.netloc + "/" + p.path.lstrip("/")).rstrip("/")
+        return Location("s3", path, "s3://" + path)
+    if uri.startswith("file://"):
+        uri = urlparse(uri).path
+    if "://" in uri:
+        raise ValueError(f"{uri!r}: unsupported URI scheme (use a local path or s3://)")
+    path = os.path.abspath(os.path.expanduser(uri))
+    return Location("file", path, path)
+
+
+def join(uri: str, *parts: str) -> str:
+    loc = parse_uri(uri)
+    if loc.is_s3:
+        return "s3://" + posixpath.join(loc.path, *parts)
+    return os.path.join(loc.path, *parts)
+
+
+def endpoint_url(explicit: str | None = None) -> str | None:
+    if explicit:
+        return explicit
+    for var in ENDPOINT_ENV_VARS:
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def _split_endpoint(url: str) -> tuple[str, str]:
+    p = urlparse(url if "://" in url else "https://" + url)
+    return p.scheme, p.netloc
+
+
+def arrow_fs(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for ``uri``. Use for Parquet and Ray Data."""
+    loc = parse_uri(uri)
+    if not loc.is_s3:
+        return pafs.LocalFileSystem(), loc.path
+    kwargs = dict(connect_timeout=5, request_timeout=30,
+                  retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+    ep = endpoint_url(endpoint)
+    if ep:
+        scheme, netloc = _split_endpoint(ep)
+        kwargs.update(endpoint_override=netloc, scheme=scheme)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs), loc.path
+
+
+def fsspec_fs(uri: str, endpoint: str | None = None):
+    """(fsspec filesystem, path inside it) for ``uri``. Use for files: FITS, images, JSON."""
+    import fsspec
+
+    loc = parse_uri(uri)
+    if not loc.is_s3:
+        return fsspec.filesystem("file"), loc.path
+    import s3fs
+
+    client_kwargs = {}
+    ep = endpoint_url(endpoint)
+    if ep:
+        client_kwargs["endpoint_url"] = ep
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        client_kwargs["region_name"] = region
+    fs = s3fs.S3FileSystem(client_kwargs=client_kwargs,
+                           config_kwargs={"connect_timeout": 5, "read_timeout": 30,
+                                          "retries": {"max_attempts": 2}},
+                           skip_instance_cache=False)
+    return fs, loc.path
+
+
+def _wrap(uri: str, exc: Exception) -> StorageError:
+    """An error that names the URI (and endpoint) but never the credentials."""
+    loc = parse_uri(uri)
+    where = uri
+    if loc.is_s3:
+        ep = endpoint_url()
+        where += f" (endpoint {ep})" if ep else " (AWS default endpoint)"
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for secret_var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        secret = os.environ.get(secret_var)
+        if secret:
+            msg = msg.replace(secret, "***")
+    return StorageError(f"{where}: {msg}")
+
+
+def check_reachable(uri: str) -> None:
+    """Fail early with a clear error if ``uri``'s bucket (or local parent) cannot be used."""
+    loc = parse_uri(uri)
+    if not loc.is_s3:
+        return
+    fs, _ = arrow_fs(uri)
+    try:
+        info = fs.get_file_info(loc.bucket)
+    except Exception as exc:  # connection refused, DNS, auth
+        raise _wrap(uri, exc) from None
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{uri}: bucket {loc.bucket!r} does not exist")
+
+
+def exists(uri: str) -> bool:
+    fs, path = arrow_fs(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+
+
+def makedirs(uri: str) -> None:
+    loc = parse_uri(uri)
+    if loc.is_s3:
+        check_reachable(uri)
+        return  # object stores have no directories
+    os.makedirs(loc.path, exist_ok=True)
+
+
+def listdir(uri: str, suffix: str = "") -> list[str]:
+    """Sorted URIs of the files directly under ``uri`` whose names end with ``suffix``."""
+    fs, path = arrow_fs(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+    loc = parse_uri(uri)
+    out = []
+    for info in infos:
+        if info.type == pafs.FileType.File and info.base_name.endswith(suffix):
+            out.append("s3://" + info.path if loc.is_s3 else info.path)
+    return sorted(out)
+
+
+def open_input(uri: str):
+    """A binary file object for reading ``uri``."""
+    fs, path = arrow_fs(uri)
+    try:
+        return fs.open_input_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri}: no such file") from None
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_input(uri) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri``. Local writes go through a temporary file and a rename, so a
+    reader never sees half a file; S3 PUTs are atomic already."""
+    loc = parse_uri(uri)
+    if not loc.is_s3:
+        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        tmp = f"{loc.path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, loc.path)
+        return
+    fs, path = arrow_fs(uri)
+    try:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+
+
+def read_json(uri: str):
+    return json.loads(read_bytes(uri).decode())
+
+
+def write_json(uri: str, obj) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def delete(uri: str, recursive: bool = False) -> None:
+    fs, path = arrow_fs(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory and recursive:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+
+
+def to_buffer(uri: str) -> io.BytesIO:
+    return io.BytesIO(read_bytes(uri))
