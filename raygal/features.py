@@ -1,0 +1,281 @@
+"""Model inputs from galaxy rows: photometric features, cutouts, targets, and their
+normalisation statistics.
+
+A *batch* is what Ray Data hands a worker: a dict of equal-length columns (numpy arrays or torch
+tensors), or a pyarrow Table / pandas DataFrame, in the galaxy schema (``raygal.schema``).
+
+Model space: each target's ``Target.forward`` (log10 for ``sigma_v``, log1p for line fluxes,
+identity otherwise). Networks see model space standardised with ``NormStats``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, TARGETS,
+                     get_target)
+
+#: Photometric input features, in order: the four colours and the r-band magnitude.
+PHOT_FEATURES = ("u-g", "g-r", "r-i", "i-z", "mag_r")
+N_PHOT = len(PHOT_FEATURES)
+
+STATUS_OK = "ok"
+STATUS_BAD_PHOT = "bad_photometry"
+STATUS_MISSING_CUTOUT = "missing_cutout"
+STATUS_BAD_CUTOUT = "bad_cutout"
+
+
+def as_numpy_batch(batch) -> dict[str, np.ndarray]:
+    """Any batch (dict of numpy/torch, pyarrow Table, pandas DataFrame) -> dict of numpy."""
+    if isinstance(batch, dict):
+        out = {}
+        for k, v in batch.items():
+            if hasattr(v, "detach"):
+                v = v.detach().cpu().numpy()
+            out[k] = np.asarray(v) if not isinstance(v, np.ndarray) else v
+        return out
+    try:
+        import pyarrow as pa
+
+        if isinstance(batch, pa.Table):
+            out = {}
+            for name in batch.column_names:
+                col = batch.column(name)
+                if name == CUTOUT_COLUMN or isinstance(col.type, pa.FixedShapeTensorType):
+                    out[name] = col.combine_chunks().to_numpy_ndarray()
+                else:
+                    out[name] = col.to_numpy(zero_copy_only=False)
+            return out
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # pandas
+        return {c: np.stack(batch[c].to_numpy()) if c == CUTOUT_COLUMN
+                else batch[c].to_numpy() for c in batch.columns}
+    raise TypeError(f"unsupported batch type {type(batch).__name__}")
+
+
+def batch_size(batch: dict) -> int:
+    for v in batch.values():
+        return len(v)
+    return 0
+
+
+def _float(col) -> np.ndarray:
+    """A numeric column with nulls (None / masked) as NaN, as float64."""
+    a = np.asarray(col)
+    if a.dtype == object:
+        a = np.array([np.nan if v is None else v for v in a], dtype=np.float64)
+    return a.astype(np.float64, copy=False)
+
+
+def phot_matrix(batch: dict) -> np.ndarray:
+    """[B, 5] raw photometric features (u-g, g-r, r-i, i-z, r); NaN where a band is missing."""
+    missing = [c for c in MAG_COLUMNS if c not in batch]
+    if missing:
+        raise KeyError(f"batch lacks photometry column(s) {', '.join(missing)}")
+    mags = np.stack([_float(batch[c]) for c in MAG_COLUMNS], axis=1)
+    return np.concatenate([mags[:, :-1] - mags[:, 1:], mags[:, 2:3]], axis=1)
+
+
+def cutout_array(batch: dict) -> np.ndarray | None:
+    """[B, C, H, W] float32 cutouts, or None when the batch has no cutout column."""
+    if CUTOUT_COLUMN not in batch:
+        return None
+    c = batch[CUTOUT_COLUMN]
+    if isinstance(c, np.ndarray) and c.dtype != object:
+        return c.astype(np.float32, copy=False)
+    # Rows of a tensor column may arrive as an object array of arrays (or None).
+    shapes = {np.shape(x) for x in c if x is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"cutouts of several shapes in one batch: {sorted(shapes)}")
+    shape = shapes.pop() if shapes else (0,)
+    return np.stack([np.full(shape, np.nan, np.float32) if x is None else
+                     np.asarray(x, np.float32) for x in c])
+
+
+def row_status(batch: dict, needs_image: bool) -> np.ndarray:
+    """Per-row input status: 'ok', or why the row cannot be given a posterior."""
+    n = batch_size(batch)
+    status = np.full(n, STATUS_OK, dtype=object)
+    bad_phot = ~np.isfinite(phot_matrix(batch)).all(axis=1)
+    status[bad_phot] = STATUS_BAD_PHOT
+    if needs_image:
+        img = cutout_array(batch)
+        if img is None:
+            status[:] = np.where(status == STATUS_OK, STATUS_MISSING_CUTOUT, status)
+        else:
+            flat = img.reshape(n, -1)
+            finite = np.isfinite(flat).all(axis=1)
+            with np.errstate(invalid="ignore"):
+                blank = np.nanmax(np.abs(flat), axis=1, initial=0.0) == 0.0
+            bad = ~finite | blank
+            from .schema import Flag
+
+            if FLAGS_COLUMN in batch:
+                flags = np.asarray(batch[FLAGS_COLUMN]).astype(np.int64)
+                missing = (flags & int(Flag.CUTOUT_MISSING)) != 0
+                bad |= (flags & int(Flag.CUTOUT_BAD)) != 0
+                status[missing & (status == STATUS_OK)] = STATUS_MISSING_CUTOUT
+            status[bad & (status == STATUS_OK)] = STATUS_BAD_CUTOUT
+    return status
+
+
+def target_matrix(batch: dict, targets) -> np.ndarray:
+    """[B, D] targets in model space (transform applied); NaN where missing or outside the
+    transform's domain."""
+    cols = []
+    for name in targets:
+        t = get_target(name)
+        if name not in batch:
+            cols.append(np.full(batch_size(batch), np.nan))
+            continue
+        x = _float(batch[name])
+        ok = t.in_domain(x)
+        y = np.full_like(x, np.nan)
+        y[ok] = t.forward(x[ok])
+        cols.append(y)
+    return np.stack(cols, axis=1) if cols else np.zeros((batch_size(batch), 0))
+
+
+def check_training_batch(batch: dict, targets, needs_image: bool) -> None:
+    """Raise a ValueError naming the column when training data is unusable: non-finite
+    photometry, a blank/NaN cutout, or a target outside its transform's domain."""
+    ids = np.asarray(batch.get(ID_COLUMN, np.arange(batch_size(batch))))
+    phot = phot_matrix(batch)
+    bad = ~np.isfinite(phot).all(axis=1)
+    if bad.any():
+        col = [c for c, m in zip(PHOT_FEATURES, (~np.isfinite(phot)).any(axis=0)) if m]
+        raise ValueError(f"non-finite photometry ({', '.join(col)}) in {int(bad.sum())} "
+                         f"training row(s), e.g. objid {ids[bad][0]}; filter them out first")
+    if needs_image:
+        img = cutout_array(batch)
+        if img is None:
+            raise ValueError(f"column '{CUTOUT_COLUMN}' missing: an image model needs cutouts "
+                             f"(use inputs='phot' for a photometry-only model)")
+        flat = img.reshape(len(img), -1)
+        badimg = ~np.isfinite(flat).all(axis=1) | (np.abs(flat).max(axis=1) == 0)
+        if badimg.any():
+            raise ValueError(f"column '{CUTOUT_COLUMN}': {int(badimg.sum())} blank or "
+                             f"non-finite cutout(s), e.g. objid {ids[badimg][0]}")
+    for name in targets:
+        if name not in batch:
+            continue
+        x = _float(batch[name])
+        present = np.isfinite(x)
+        bad = present & ~get_target(name).in_domain(x)
+        if bad.any():
+            raise ValueError(f"column '{name}': {int(bad.sum())} value(s) outside the domain of "
+                             f"its {get_target(name).transform} transform, e.g. {x[bad][0]!r} "
+                             f"at objid {ids[bad][0]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation statistics
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class NormStats:
+    """Means and standard deviations that standardise network inputs and targets.
+
+    Computed in one streaming pass (``StatsAccumulator``; ``raygal.data.compute_stats`` runs it
+    on Ray Data), persisted with the dataset and inside every saved model.
+    """
+
+    phot_mean: list = field(default_factory=lambda: [0.0] * N_PHOT)
+    phot_std: list = field(default_factory=lambda: [1.0] * N_PHOT)
+    target_mean: dict = field(default_factory=dict)     # model space
+    target_std: dict = field(default_factory=dict)
+    target_count: dict = field(default_factory=dict)
+    cutout_scale: list | None = None                    # per-channel RMS, for asinh(x / scale)
+    n_rows: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NormStats":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def target_arrays(self, targets) -> tuple[np.ndarray, np.ndarray]:
+        missing = [t for t in targets if t not in self.target_mean]
+        if missing:
+            raise KeyError(f"normalisation statistics lack target(s) {', '.join(missing)}")
+        return (np.array([self.target_mean[t] for t in targets], np.float64),
+                np.array([self.target_std[t] for t in targets], np.float64))
+
+    # -- transforms used by every model ---------------------------------------------------
+    def norm_phot(self, phot: np.ndarray) -> np.ndarray:
+        return ((phot - np.asarray(self.phot_mean)) / np.asarray(self.phot_std)).astype(np.float32)
+
+    def norm_cutout(self, img: np.ndarray) -> np.ndarray:
+        """asinh stretch per channel: keeps faint outskirts and bright cores both in range."""
+        if self.cutout_scale is None:
+            raise ValueError("normalisation statistics have no cutout scale (photometry-only "
+                             "data?)")
+        s = np.asarray(self.cutout_scale, np.float32).reshape(1, -1, 1, 1)
+        return np.arcsinh(img / s).astype(np.float32)
+
+    def standardise(self, y: np.ndarray, targets) -> np.ndarray:
+        m, s = self.target_arrays(targets)
+        return ((y - m) / s).astype(np.float32)
+
+
+class StatsAccumulator:
+    """Streaming sums for ``NormStats``; ``update`` per batch, ``merge`` across workers."""
+
+    def __init__(self, targets=tuple(TARGETS)):
+        self.targets = tuple(targets)
+        self.n = 0
+        self.p = np.zeros((3, N_PHOT))            # count, sum, sum of squares
+        self.t = {t: np.zeros(3) for t in self.targets}
+        self.c: np.ndarray | None = None           # per channel: pixel count, sum of squares
+
+    def update(self, batch) -> "StatsAccumulator":
+        batch = as_numpy_batch(batch)
+        self.n += batch_size(batch)
+        phot = phot_matrix(batch)
+        ok = np.isfinite(phot).all(axis=1)
+        ph = phot[ok]
+        self.p += np.stack([np.full(N_PHOT, len(ph)), ph.sum(0), (ph ** 2).sum(0)])
+        y = target_matrix(batch, self.targets)
+        for j, name in enumerate(self.targets):
+            v = y[:, j][np.isfinite(y[:, j])]
+            self.t[name] += [len(v), v.sum(), (v ** 2).sum()]
+        img = cutout_array(batch)
+        if img is not None and img.size:
+            good = np.isfinite(img.reshape(len(img), -1)).all(axis=1) & ok
+            im = img[good].astype(np.float64)
+            part = np.stack([np.full(im.shape[1], im.shape[0] * im.shape[2] * im.shape[3]),
+                             (im ** 2).sum(axis=(0, 2, 3))])
+            self.c = part if self.c is None else self.c + part
+        return self
+
+    def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
+        self.n += other.n
+        self.p += other.p
+        for k in self.t:
+            self.t[k] += other.t[k]
+        if other.c is not None:
+            self.c = other.c.copy() if self.c is None else self.c + other.c
+        return self
+
+    @staticmethod
+    def _mean_std(cnt, s, ss):
+        if cnt < 2:
+            return 0.0, 1.0
+        m = s / cnt
+        var = max(ss / cnt - m * m, 0.0)
+        return float(m), float(max(np.sqrt(var), 1e-6))
+
+    def finalize(self) -> NormStats:
+        pm, ps = zip(*(self._mean_std(*self.p[:, j]) for j in range(N_PHOT)))
+        tm, ts, tc = {}, {}, {}
+        for k, (cnt, s, ss) in self.t.items():
+            if cnt >= 2:
+                tm[k], ts[k] = self._mean_std(cnt, s, ss)
+                tc[k] = int(cnt)
+        scale = None
+        if self.c is not None:
+            scale = [float(max(np.sqrt(ss / cnt), 1e-12)) for cnt, ss in self.c.T]
+        return NormStats(list(pm), list(ps), tm, ts, tc, scale, int(self.n))
