@@ -69,3 +69,31 @@ def linear_gaussian(targets=DEFAULT_TARGETS, noise: float = 0.5, seed: int = 0
     # Scale A by 1/s0 so that every target is comparably informed by the photometry.
     A = rng.normal(0.0, 1.0, (5, len(targets))) / s0 * 0.6
     return LinearGaussianProblem(targets, A, mu0, s0, noise)
+
+
+def random_catalog(n: int, cutout_shape=(3, 16, 16), seed: int = 0, source: str = "random"):
+    """A pyarrow Table of ``n`` schema-valid galaxy rows with random (not physical) values: for
+    exercising storage and pipelines where physics does not matter. ``cutout_shape=None`` gives
+    a photometry-only table."""
+    import pyarrow as pa
+
+    from .schema import FLAGS_COLUMN, TARGETS, galaxy_schema
+
+    rng = np.random.default_rng(seed)
+    schema = galaxy_schema(cutout_shape)
+    cols = {"objid": pa.array(np.arange(n, dtype=np.int64) + 1_000_000 * seed),
+            "ra": pa.array(rng.uniform(0, 360, n)), "dec": pa.array(rng.uniform(-10, 10, n))}
+    for c in MAG_COLUMNS:
+        cols[c] = pa.array(rng.normal(17.5, 1.0, n).astype(np.float32))
+        cols[c.replace("mag_", "magerr_")] = pa.array(rng.uniform(0.01, 0.1, n).astype(np.float32))
+    if cutout_shape is not None:
+        img = rng.normal(0.0, 0.05, (n, *cutout_shape)).astype(np.float32)
+        img[..., cutout_shape[1] // 2, cutout_shape[2] // 2] += 5.0
+        cols["cutout"] = pa.FixedShapeTensorArray.from_numpy_ndarray(img)
+    for t in TARGETS.values():
+        lo = max(t.lo, 0.01)
+        hi = min(t.hi, lo + 5.0)
+        cols[t.name] = pa.array(rng.uniform(lo, hi, n).astype(np.float32))
+    cols[FLAGS_COLUMN] = pa.array(np.zeros(n, np.int32))
+    cols["source"] = pa.array([source] * n)
+    return pa.table(cols).select(schema.names).cast(schema)

@@ -1,0 +1,295 @@
+"""Ray Data pipelines over raygal datasets: stream, validate, normalise, augment, split.
+
+Nothing here materialises a survey: datasets are read shard by shard from any URI (local or
+s3://) and every pass (statistics, validation, summaries) is a streaming ``map_batches`` whose
+per-block partial results are small and merged on the driver.
+
+>>> ds = read_dataset("s3://bucket/survey")                      # doctest: +SKIP
+>>> stats = compute_stats(ds)                                    # one streaming pass
+>>> train, val, test = split(ds).values()                        # by a hash of objid
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import storage
+from .dataset import read_manifest, read_schema, shard_uris
+from .features import (STATUS_OK, NormStats, StatsAccumulator, as_numpy_batch, batch_size,
+                       row_status)
+from .schema import CUTOUT_COLUMN, ID_COLUMN, TARGETS, cutout_shape_of, validate_schema
+
+STATS_FILE = "stats.json"
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+def read_dataset(uri: str, columns: list[str] | None = None, require_cutout: bool = False,
+                 override_num_blocks: int | None = None):
+    """A streaming Ray Dataset over the shards of the raygal dataset at ``uri``.
+
+    Validates the schema first (a clear error naming the dataset and the missing columns).
+    Parquet goes through pyarrow's own filesystem, several times faster than fsspec's on S3.
+    """
+    import ray.data
+
+    schema = read_schema(uri)
+    validate_schema(schema, where=uri, require_cutout=require_cutout)
+    if columns is not None:
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise ValueError(f"{uri}: dataset lacks column(s) {', '.join(missing)}")
+    shards = shard_uris(uri)
+    fs, _ = storage.arrow_fs(shards[0])
+    paths = [storage.arrow_fs(s)[1] for s in shards]
+    kwargs = {}
+    if override_num_blocks:
+        kwargs["override_num_blocks"] = override_num_blocks
+    return ray.data.read_parquet(paths, filesystem=fs, columns=columns, **kwargs)
+
+
+def dataset_info(uri: str) -> dict:
+    """Manifest facts plus the schema's cutout shape, for printing and checks."""
+    m = read_manifest(uri)
+    schema = read_schema(uri)
+    return {"uri": uri, "num_rows": m["num_rows"], "num_shards": len(m["shards"]),
+            "cutout_shape": cutout_shape_of(schema), "columns": schema.names,
+            "dropped": m.get("dropped", {}), "flag_counts": m.get("flag_counts", {}),
+            "sources": m.get("sources", {})}
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic split by a hash of objid
+# ----------------------------------------------------------------------------------------------
+
+def hash_unit(objid) -> np.ndarray:
+    """objid -> a uniform number in [0, 1), stable across runs and machines (splitmix64)."""
+    x = np.asarray(objid, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def split_of(objid, fractions=DEFAULT_FRACTIONS) -> np.ndarray:
+    """'train' / 'val' / 'test' for each objid, by ``hash_unit`` and the cumulative fractions."""
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, not "
+                         f"{fractions}")
+    u = hash_unit(objid)
+    idx = np.searchsorted(np.cumsum(f)[:-1], u, side="right")
+    return np.asarray(SPLITS, dtype=object)[idx]
+
+
+class _SplitFilter:
+    def __init__(self, name, fractions):
+        self.name, self.fractions = name, fractions
+
+    def __call__(self, batch):
+        keep = split_of(batch[ID_COLUMN], self.fractions) == self.name
+        return {k: v[keep] for k, v in batch.items()}
+
+
+def split(ds, fractions=DEFAULT_FRACTIONS) -> dict:
+    """{'train': ds, 'val': ds, 'test': ds}: lazy, disjoint, exhaustive, and the same on every
+    run because membership depends only on objid."""
+    return {name: ds.map_batches(_SplitFilter(name, tuple(fractions)), batch_format="numpy")
+            for name in SPLITS}
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation statistics in one streaming pass
+# ----------------------------------------------------------------------------------------------
+
+class _PartialStats:
+    """map_batches callable: one batch -> one row of partial sums (small, numeric)."""
+
+    def __init__(self, targets, channels):
+        self.targets, self.channels = tuple(targets), channels
+
+    def __call__(self, batch):
+        acc = StatsAccumulator(self.targets).update(batch)
+        c = acc.c if acc.c is not None else np.zeros((2, self.channels))
+        return {"n": np.array([acc.n], np.int64),
+                "p": acc.p.reshape(1, -1),
+                "t": np.stack([acc.t[k] for k in self.targets]).reshape(1, -1),
+                "c": c.reshape(1, -1)}
+
+
+def compute_stats(ds, targets=tuple(TARGETS), batch_size: int = 1024) -> NormStats:
+    """``NormStats`` of a Ray Dataset in one streaming pass (partial sums per batch, merged
+    here): no shard is held in memory longer than its batch."""
+    schema = ds.schema()
+    names = list(schema.names)
+    channels = 0
+    if CUTOUT_COLUMN in names:
+        shape = _tensor_shape(schema, CUTOUT_COLUMN)
+        channels = int(shape[0]) if shape else 0
+    partial = ds.map_batches(_PartialStats(targets, channels), batch_format="numpy",
+                             batch_size=batch_size)
+    total = StatsAccumulator(targets)
+    have_c = False
+    for b in partial.iter_batches(batch_size=256, batch_format="numpy"):
+        total.n += int(b["n"].sum())
+        total.p += b["p"].sum(0).reshape(total.p.shape)
+        t = b["t"].sum(0).reshape(len(total.targets), 3)
+        for j, k in enumerate(total.targets):
+            total.t[k] += t[j]
+        if channels:
+            c = b["c"].sum(0).reshape(2, channels)
+            total.c = c if total.c is None else total.c + c
+            have_c = True
+    if not have_c:
+        total.c = None
+    if total.n == 0:
+        raise ValueError("cannot compute normalisation statistics of an empty dataset")
+    return total.finalize()
+
+
+def _tensor_shape(schema, column):
+    """Shape of a tensor column in a Ray Dataset schema (pyarrow or Ray's own types)."""
+    try:
+        t = schema.base_schema.field(column).type
+    except Exception:
+        t = dict(zip(schema.names, schema.types)).get(column)
+    shape = getattr(t, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def save_stats(stats: NormStats, uri: str) -> str:
+    """Persist statistics beside a dataset (``<uri>/stats.json``); returns the file's URI."""
+    out = storage.join(uri, STATS_FILE)
+    storage.write_json(out, stats.to_dict())
+    return out
+
+
+def load_stats(uri: str) -> NormStats:
+    return NormStats.from_dict(storage.read_json(storage.join(uri, STATS_FILE)))
+
+
+def stats_for(uri: str, recompute: bool = False, ds=None) -> NormStats:
+    """Statistics of the dataset at ``uri``, computed once and then read from disk."""
+    if not recompute and storage.exists(storage.join(uri, STATS_FILE)):
+        return load_stats(uri)
+    stats = compute_stats(ds if ds is not None else read_dataset(uri))
+    save_stats(stats, uri)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and augmentation
+# ----------------------------------------------------------------------------------------------
+
+class _Status:
+    def __init__(self, needs_image):
+        self.needs_image = needs_image
+
+    def __call__(self, batch):
+        batch = dict(batch)
+        batch["status"] = row_status(batch, self.needs_image).astype(str)
+        return batch
+
+
+def with_status(ds, needs_image: bool):
+    """Add each row's input status ('ok' or why a model cannot use it)."""
+    return ds.map_batches(_Status(needs_image), batch_format="numpy")
+
+
+def status_counts(ds, needs_image: bool) -> dict[str, int]:
+    """{status: rows} over the whole dataset, streamed."""
+    def count(batch):
+        s = row_status(batch, needs_image).astype(str)
+        names, counts = np.unique(s, return_counts=True)
+        return {"status": names, "count": counts}
+
+    out: dict[str, int] = {}
+    for b in ds.map_batches(count, batch_format="numpy").iter_batches(batch_format="numpy"):
+        for k, v in zip(b["status"], b["count"]):
+            out[str(k)] = out.get(str(k), 0) + int(v)
+    return out
+
+
+def dihedral(x, k: int):
+    """The k-th (0..7) symmetry of the square applied to the last two axes of ``x`` (numpy or
+    torch): k % 4 quarter turns, then a left-right flip when k >= 4. Galaxy images have no
+    preferred orientation, so these 8 are free augmentations."""
+    if hasattr(x, "rot90"):  # torch
+        y = x.rot90(k % 4, dims=(-2, -1))
+        return y.flip(-1) if k >= 4 else y
+    y = np.rot90(x, k % 4, axes=(-2, -1))
+    return np.flip(y, axis=-1) if k >= 4 else y
+
+
+def random_dihedral(images, rng: np.random.Generator):
+    """Apply an independent random one of the 8 symmetries to each image of [B, C, H, W]."""
+    ks = rng.integers(0, 8, size=len(images))
+    out = images.clone() if hasattr(images, "clone") else images.copy()
+    for k in range(1, 8):
+        idx = np.flatnonzero(ks == k)
+        if len(idx):
+            out[idx] = dihedral(images[idx], k)
+    return out
+
+
+class _Augment:
+    def __init__(self, seed):
+        self.seed = seed
+
+    def __call__(self, batch):
+        if CUTOUT_COLUMN not in batch:
+            return batch
+        ids = np.asarray(batch[ID_COLUMN], np.int64)
+        # Seeded by the batch's ids, so a re-run augments the same rows the same way.
+        rng = np.random.default_rng([self.seed, int(ids.sum() & 0x7FFFFFFF), len(ids)])
+        batch = dict(batch)
+        batch[CUTOUT_COLUMN] = np.ascontiguousarray(random_dihedral(batch[CUTOUT_COLUMN], rng))
+        return batch
+
+
+def augment(ds, seed: int = 0):
+    """Randomly rotate/flip each cutout (one of the 8 symmetries of the square)."""
+    return ds.map_batches(_Augment(seed), batch_format="numpy")
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries
+# ----------------------------------------------------------------------------------------------
+
+def summarize_dataset(ds, needs_image: bool | None = None) -> dict:
+    """Streamed facts about a dataset: rows, per-status counts, per-target coverage and
+    medians (approximate: from a bounded reservoir), for printing."""
+    names = list(ds.schema().names)
+    if needs_image is None:
+        needs_image = CUTOUT_COLUMN in names
+    targets = [t for t in TARGETS if t in names]
+
+    def part(batch):
+        b = as_numpy_batch(batch)
+        n = batch_size(b)
+        s = row_status(b, needs_image).astype(str)
+        row = {"n": np.array([n]), "ok": np.array([int((s == STATUS_OK).sum())])}
+        for t in targets:
+            v = np.asarray(b[t], np.float64)
+            fin = np.isfinite(v)
+            row[f"{t}__n"] = np.array([int(fin.sum())])
+            row[f"{t}__med"] = np.array([np.median(v[fin]) if fin.any() else np.nan])
+        return row
+
+    tot = {"rows": 0, "ok": 0, "targets": {t: {"n": 0, "medians": []} for t in targets}}
+    for b in ds.map_batches(part, batch_format="numpy").iter_batches(batch_format="numpy"):
+        tot["rows"] += int(b["n"].sum())
+        tot["ok"] += int(b["ok"].sum())
+        for t in targets:
+            tot["targets"][t]["n"] += int(b[f"{t}__n"].sum())
+            tot["targets"][t]["medians"] += [float(x) for x in b[f"{t}__med"] if np.isfinite(x)]
+    for t, d in tot["targets"].items():
+        meds = d.pop("medians")
+        d["median"] = float(np.median(meds)) if meds else None
+        d["fraction"] = d["n"] / tot["rows"] if tot["rows"] else 0.0
+    return tot
