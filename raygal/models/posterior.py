@@ -116,6 +116,11 @@ class Posterior(nn.Module, abc.ABC):
         """Training loss on a batch: {'loss': scalar, ...named parts}."""
         raise NotImplementedError(f"{type(self).__name__} has no training loss")
 
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        """The training loss, so that DistributedDataParallel's forward hooks (gradient
+        synchronisation) see it: ``DDP(model)(batch)["loss"].backward()``."""
+        return self.loss(batch)
+
     def _extra_inputs(self, batch: dict, rows: np.ndarray) -> dict:
         """Model-specific context tensors for the usable rows (e.g. VAE features)."""
         return {}

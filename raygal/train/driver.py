@@ -1,0 +1,156 @@
+"""Building and fitting a Ray Train TorchTrainer from a ``TrainConfig``.
+
+    cfg = load_config("nf.yaml", data="s3://b/mock", out="s3://b/runs/nf", workers=4)
+    summary = fit(cfg)          # -> {'model_uri': ..., 'history': [...], ...}
+
+Layout of ``cfg.out``::
+
+    ray/<run name>/...   Ray Train's run folder: per-epoch checkpoints (state.pt, meta.json)
+    model/               the exported model (best validation epoch): model.json + weights.pt
+    history.json         per-epoch metrics
+
+Re-running with the same ``out`` resumes the run from its last checkpoint (a killed driver
+loses at most the epoch in progress); use a new ``out`` for a fresh run.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+
+from .. import storage
+from ..data import read_dataset, split, stats_for
+from ..dataset import read_schema
+from ..features import NormStats, row_status
+from ..schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS,
+                      cutout_shape_of)
+from .config import TrainConfig
+from .loop import build_model, load_checkpoint_state, train_loop_per_worker
+
+log = logging.getLogger("raygal.train")
+RUN_NAME = "train"
+FEATURES_COLUMN = "vae_features"
+
+
+class _UsableRows:
+    """Keep the rows a model can train on (finite photometry, a usable cutout when the model
+    uses images); the rest are counted by ``count_unusable`` and left out of training."""
+
+    def __init__(self, needs_image):
+        self.needs_image = needs_image
+
+    def __call__(self, batch):
+        keep = row_status(batch, self.needs_image) == "ok"
+        return {k: v[keep] for k, v in batch.items()}
+
+
+def training_columns(cfg: TrainConfig, names) -> list[str]:
+    cols = [ID_COLUMN, FLAGS_COLUMN, *MAG_COLUMNS, *MAGERR_COLUMNS]
+    cols += [t for t in cfg.targets if t in names]
+    if cfg.model == "nf" and "oh12" not in cols and "oh12" in names:
+        cols.append("oh12")
+    if cfg.inputs == "image+phot":
+        if FEATURES_COLUMN in names and cfg.model == "nf":
+            cols.append(FEATURES_COLUMN)
+        else:
+            cols.append(CUTOUT_COLUMN)
+    return [c for c in dict.fromkeys(cols) if c in names]
+
+
+def default_cpus_per_worker(cfg: TrainConfig) -> float:
+    """CPUs per worker that leave room for Ray Data's read tasks (on 2 CPUs, 2 workers at 1 CPU
+    each starve the readers and hang silently)."""
+    if cfg.cpus_per_worker:
+        return float(cfg.cpus_per_worker)
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    if cfg.gpus_per_worker:
+        return max(1.0, min(4.0, math.floor((total - 1) / cfg.workers)))
+    per = (total - 1.0) / cfg.workers
+    return max(0.25, min(float(math.floor(per)) if per >= 1 else per, 8.0))
+
+
+def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | None = None,
+                 callbacks=None):
+    """The TorchTrainer for ``cfg`` (data split, statistics, scaling and run config)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    data_uri = cfg.data
+    if cfg.model == "nf" and cfg.inputs == "image+phot":
+        from .features_job import ensure_features
+
+        data_uri = ensure_features(cfg.vae, cfg.data)
+    schema = read_schema(data_uri)
+    stats = stats or stats_for(cfg.data)
+    image_shape = cutout_shape_of(schema)
+    if cfg.inputs == "image+phot" and image_shape is None and FEATURES_COLUMN not in \
+            schema.names:
+        raise ValueError(f"{cfg.data}: no cutout column; train a photometry-only model "
+                         f"(--inputs phot) on this catalog")
+    missing = [t for t in cfg.targets if t not in schema.names]
+    if missing and cfg.model != "vae":
+        raise ValueError(f"{cfg.data}: dataset has no column for target(s) "
+                         f"{', '.join(missing)}")
+    cols = training_columns(cfg, schema.names)
+    needs_image = cfg.inputs == "image+phot" and CUTOUT_COLUMN in cols
+    ds = read_dataset(data_uri, columns=cols).map_batches(_UsableRows(needs_image),
+                                                          batch_format="numpy")
+    parts = split(ds, cfg.split)
+    train_ds, val_ds = parts["train"], parts["val"]
+    if cfg.max_rows:
+        train_ds = train_ds.limit(cfg.max_rows)
+        val_ds = val_ds.limit(max(cfg.max_rows // 4, 64))
+
+    cpus = default_cpus_per_worker(cfg)
+    resources = {"CPU": cpus}
+    if cfg.gpus_per_worker:
+        resources["GPU"] = cfg.gpus_per_worker
+    scaling = ray.train.ScalingConfig(num_workers=cfg.workers,
+                                      use_gpu=bool(cfg.gpus_per_worker),
+                                      resources_per_worker=resources)
+    fs, path = storage.arrow_fs(storage.join(cfg.out, "ray"))
+    run_config = ray.train.RunConfig(
+        name=run_name, storage_path=path, storage_filesystem=fs,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks)
+    loop_config = {"cfg": cfg.to_dict(), "stats": stats.to_dict(),
+                   "image_shape": list(image_shape) if image_shape else None,
+                   "torch_threads": max(1, int(cpus)), "run_id": uuid.uuid4().hex[:8]}
+    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                        scaling_config=scaling, run_config=run_config,
+                        datasets={"train": train_ds, "val": val_ds})
+
+
+def export_checkpoint(checkpoint, out_uri: str) -> dict:
+    """Write the best-validation weights of a training checkpoint as a loadable model at
+    ``out_uri`` (a Posterior, or a VAE); returns the checkpoint's meta (config, history)."""
+    with checkpoint.as_directory() as d:
+        state, meta = load_checkpoint_state(d)
+    stats = NormStats.from_dict(meta["stats"])
+    model = build_model(meta["config"], stats, meta.get("image_shape"))
+    model.load_state_dict(state.get("best_model") or state["model"])
+    if hasattr(model, "export"):
+        model.export(out_uri)          # the VAE's training wrapper saves the bare VAE
+    else:
+        model.save(out_uri)
+    return meta
+
+
+def fit(cfg: TrainConfig, run_name: str = RUN_NAME) -> dict:
+    """Train ``cfg`` on the running Ray cluster; export the best model to ``<out>/model``."""
+    trainer = make_trainer(cfg, run_name)
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError("training produced no checkpoint")
+    model_uri = storage.join(cfg.out, "model")
+    meta = export_checkpoint(result.checkpoint, model_uri)
+    summary = {"model_uri": model_uri, "history": meta["history"],
+               "best_val_loss": min(h["val_loss"] for h in meta["history"]),
+               "epochs_run": len(meta["history"]), "config": cfg.to_dict()}
+    storage.write_json(storage.join(cfg.out, "history.json"), summary)
+    return summary

@@ -1,0 +1,210 @@
+"""The training loop that every Ray Train worker runs, for every model.
+
+One function, ``train_loop_per_worker``, serves the VAE, the flows, the CFM and the baseline:
+each model's ``forward(batch)`` returns its loss dict, so DDP (``prepare_model``) synchronises
+gradients the same way for all. Per epoch: train on this worker's shard of the data, validate
+on its shard of the validation set, average the validation loss over all workers, decide early
+stopping identically on every worker, and report metrics with a checkpoint (rank 0 writes it:
+weights, optimiser, epoch, best weights so far, history, config, normalisation statistics).
+A restarted worker group resumes from the last checkpoint, so a failure costs at most the
+epoch in progress.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from ..data import random_dihedral
+from ..features import NormStats
+from ..schema import CUTOUT_COLUMN
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+def build_model(cfg: dict, stats: NormStats, image_shape=None):
+    """The torch module a config asks for, freshly initialised (on CPU)."""
+    kind = cfg["model"]
+    mc = dict(cfg.get("model_config") or {})
+    if image_shape is not None and cfg["inputs"] == "image+phot":
+        mc.setdefault("image_shape", list(image_shape))
+    if kind == "gaussian":
+        from ..models.baseline import GaussianPosterior
+
+        return GaussianPosterior(cfg["targets"], cfg["inputs"], stats, mc)
+    if kind == "cfm":
+        from ..models.cfm import FlowMatchingPosterior
+
+        return FlowMatchingPosterior(cfg["targets"], cfg["inputs"], stats, mc)
+    if kind == "nf":
+        from ..models.nf import FlowPosterior
+
+        if cfg["inputs"] == "image+phot":
+            from ..models.vae import load_vae
+
+            if not cfg.get("vae"):
+                raise ValueError("an image+phot NF needs a trained VAE (--vae URI)")
+            return FlowPosterior.from_vae(load_vae(cfg["vae"]), cfg["targets"], cfg["inputs"],
+                                          stats, mc)
+        return FlowPosterior(cfg["targets"], cfg["inputs"], stats, mc)
+    if kind == "vae":
+        from ..models.vae import VAETrainingModule
+
+        return VAETrainingModule.from_config(mc, stats)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def make_optimizer(cfg: dict, params):
+    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _state_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load_checkpoint_state(path: str) -> tuple[dict, dict]:
+    """(state, meta) of a checkpoint folder; tensors only, loaded with weights_only=True."""
+    with open(os.path.join(path, STATE_FILE), "rb") as f:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    with open(os.path.join(path, META_FILE)) as f:
+        meta = json.load(f)
+    return state, meta
+
+
+def _maybe_fail(cfg: dict, epoch: int, rank: int, run_id: str) -> None:
+    """Fault-injection hook for the fault-tolerance tests: worker rank 1 (or 0 alone) exits
+    once, at the start of epoch ``fail_at_epoch``."""
+    fail_at = cfg.get("fail_at_epoch")
+    if fail_at is None or epoch != fail_at or rank != min(1, cfg["workers"] - 1):
+        return
+    marker = os.path.join(tempfile.gettempdir(), f"raygal-fail-{run_id}")
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(str(epoch))
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg, stats = config["cfg"], NormStats.from_dict(config["stats"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = config.get("torch_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(cfg["seed"])  # identical initialisation on every rank
+    model = build_model(cfg, stats, config.get("image_shape"))
+    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+
+    start_epoch, best_val, bad_epochs, history = 0, float("inf"), 0, []
+    best_state = None
+    resumed_from = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state, meta = load_checkpoint_state(d)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        best_state = state.get("best_model")
+        start_epoch = int(state["epoch"]) + 1
+        best_val, bad_epochs = float(state["best_val"]), int(state["bad_epochs"])
+        history = meta.get("history", [])
+        resumed_from = int(state["epoch"])
+
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    inner = model.module if hasattr(model, "module") else model
+    device = ray.train.torch.get_device()
+    use_amp = device.type == "cuda"
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    augment = cfg.get("augment") and cfg["inputs"] == "image+phot"
+    bs = cfg["batch_size"]
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        _maybe_fail(cfg, epoch, rank, config.get("run_id", "run"))
+        t0 = time.perf_counter()
+        model.train()
+        rng = np.random.default_rng([cfg["seed"], epoch, rank])
+        tot, n_rows = 0.0, 0
+        for batch in train_shard.iter_batches(batch_size=bs, batch_format="numpy",
+                                              local_shuffle_buffer_size=min(4 * bs, 4096),
+                                              local_shuffle_seed=cfg["seed"] * 1000 + epoch):
+            if augment and CUTOUT_COLUMN in batch:
+                batch[CUTOUT_COLUMN] = random_dihedral(batch[CUTOUT_COLUMN], rng)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                enabled=use_amp):
+                out = model(batch)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            n = len(batch["objid"])
+            tot += float(out["loss"].detach()) * n
+            n_rows += n
+        t_train = time.perf_counter() - t0
+
+        model.eval()
+        vsum, vn = 0.0, 0
+        with torch.no_grad():
+            for batch in val_shard.iter_batches(batch_size=max(bs, 256), batch_format="numpy"):
+                out = inner.loss(batch)
+                n = len(batch["objid"])
+                vsum += float(out["loss"]) * n
+                vn += n
+        tot, n_rows, vsum, vn = _all_reduce_sum([tot, n_rows, vsum, vn])
+        train_loss = tot / max(n_rows, 1)
+        val_loss = vsum / vn if vn else train_loss
+        improved = val_loss < best_val - 1e-6
+        if improved:
+            best_val, bad_epochs = val_loss, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+        else:
+            bad_epochs += 1
+        stop = bad_epochs >= cfg["patience"] or epoch == cfg["epochs"] - 1
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "best_val_loss": best_val, "train_rows": int(n_rows),
+                   "samples_per_s": n_rows / max(t_train, 1e-9), "epoch_time_s": t_train,
+                   "resumed_from_epoch": resumed_from, "early_stopped": bool(
+                       stop and epoch < cfg["epochs"] - 1)}
+        history = [h for h in history if h["epoch"] < epoch] + [metrics]
+
+        checkpoint = None
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                state = {"model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+                         "optimizer": opt.state_dict(), "epoch": epoch, "best_val": best_val,
+                         "bad_epochs": bad_epochs, "best_model": best_state}
+                with open(os.path.join(tmp, STATE_FILE), "wb") as f:
+                    f.write(_state_bytes(state))
+                with open(os.path.join(tmp, META_FILE), "w") as f:
+                    json.dump({"config": cfg, "stats": stats.to_dict(), "history": history,
+                               "image_shape": config.get("image_shape"),
+                               "description": inner.describe() if hasattr(inner, "describe")
+                               else None}, f, default=str)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"epoch-{epoch:04d}")
+        if stop:
+            break
