@@ -144,9 +144,24 @@ class Posterior(nn.Module, abc.ABC):
     def dim(self) -> int:
         return len(self.targets)
 
+    #: a batch column that can stand in for the cutout (e.g. precomputed VAE features).
+    precomputed_image_column: str | None = None
+
+    def _needs_cutout(self, b: dict) -> bool:
+        return self.uses_image and not (self.precomputed_image_column
+                                         and self.precomputed_image_column in b)
+
+    def _row_status(self, b: dict) -> np.ndarray:
+        status = row_status(b, self._needs_cutout(b))
+        if self.uses_image and not self._needs_cutout(b):
+            feats = np.asarray(b[self.precomputed_image_column], np.float32)
+            bad = ~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)
+            status[bad & (status == STATUS_OK)] = "bad_cutout"
+        return status
+
     def status(self, batch) -> np.ndarray:
         """Per-row input status, 'ok' or the reason there is no posterior."""
-        return row_status(as_numpy_batch(batch), self.uses_image)
+        return self._row_status(as_numpy_batch(batch))
 
     def context(self, batch, rows: np.ndarray | None = None) -> Context:
         """Network inputs for ``rows`` (default: all) of a batch."""
@@ -154,7 +169,7 @@ class Posterior(nn.Module, abc.ABC):
         rows = np.arange(batch_size(b)) if rows is None else rows
         phot = self.stats.norm_phot(phot_matrix(b)[rows])
         image = None
-        if self.uses_image:
+        if self._needs_cutout(b):
             img = cutout_array(b)
             if img is None:
                 raise ValueError("this model uses images but the batch has no 'cutout' column")
@@ -171,7 +186,7 @@ class Posterior(nn.Module, abc.ABC):
 
         Raises a ValueError naming the column for unusable training data."""
         b = as_numpy_batch(batch)
-        check_training_batch(b, self.targets, self.uses_image)
+        check_training_batch(b, self.targets, self._needs_cutout(b))
         y = self.stats.standardise(target_matrix(b, self.targets), self.targets)
         return self.context(b), torch.from_numpy(y).to(self.device)
 
@@ -226,7 +241,7 @@ class Posterior(nn.Module, abc.ABC):
         if n < 1:
             raise ValueError("n must be >= 1")
         self.eval()
-        status = row_status(b, self.uses_image)
+        status = self._row_status(b)
         rows = np.flatnonzero(status == STATUS_OK)
         B = batch_size(b)
         out = torch.full((B, n, self.dim), float("nan"), device=self.device)
@@ -254,7 +269,7 @@ class Posterior(nn.Module, abc.ABC):
         if theta.shape != (batch_size(b), self.dim):
             raise ValueError(f"theta must be [B, D] = [{batch_size(b)}, {self.dim}], "
                              f"got {list(theta.shape)}")
-        status = row_status(b, self.uses_image)
+        status = self._row_status(b)
         rows = np.flatnonzero(status == STATUS_OK)
         out = torch.full((batch_size(b),), float("nan"), device=self.device)
         if not len(rows):

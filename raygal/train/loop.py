@@ -54,7 +54,7 @@ def build_model(cfg: dict, stats: NormStats, image_shape=None):
                                           stats, mc)
         return FlowPosterior(cfg["targets"], cfg["inputs"], stats, mc)
     if kind == "vae":
-        from ..models.vae import VAETrainingModule
+        from .vae_module import VAETrainingModule
 
         return VAETrainingModule.from_config(mc, stats)
     raise ValueError(f"unknown model kind {kind!r}")

@@ -1,0 +1,36 @@
+"""The VAE as a Ray Train model: ``forward(batch)`` returns its loss like every Posterior."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..features import NormStats, as_numpy_batch, check_training_batch, cutout_array
+from ..models.vae import VAE, save_vae
+
+
+class VAETrainingModule(nn.Module):
+    """Wraps a ``VAE`` so the shared training loop can train it on galaxy batches: cutouts are
+    stretched with the dataset's ``NormStats`` and the loss is MSE + beta KL."""
+
+    def __init__(self, vae: VAE, stats: NormStats):
+        super().__init__()
+        self.vae = vae
+        self.stats = stats
+
+    @classmethod
+    def from_config(cls, config: dict, stats: NormStats) -> "VAETrainingModule":
+        return cls(VAE(config), stats)
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        b = as_numpy_batch(batch)
+        check_training_batch(b, (), needs_image=True)
+        x = torch.from_numpy(self.stats.norm_cutout(cutout_array(b)))
+        return self.vae.loss(x.to(next(self.vae.parameters()).device))
+
+    loss = forward
+
+    def describe(self) -> dict:
+        return {"kind": "vae", "config": self.vae.config}
+
+    def export(self, uri: str) -> None:
+        save_vae(self.vae, uri, self.stats)
