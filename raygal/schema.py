@@ -230,13 +230,14 @@ def cutout_type(shape: tuple[int, int, int]) -> pa.DataType:
 
 
 def galaxy_schema(cutout_shape: tuple[int, int, int] | None = None,
-                  pixel_scale: float = SDSS_PIXEL_SCALE,
+                  pixel_scale: float | None = SDSS_PIXEL_SCALE,
                   cutout_unit: str = "nanomaggies",
                   cutout_bands: tuple[str, ...] = CUTOUT_BANDS,
                   extra: list[pa.Field] | None = None) -> pa.Schema:
     """The Arrow schema of a galaxy row.
 
-    ``cutout_shape=None`` gives a photometry-only catalog (no cutout column). ``extra`` fields
+    ``cutout_shape=None`` gives a photometry-only catalog (no cutout column);
+    ``pixel_scale=None`` records no pixel scale (cutouts at a per-galaxy scale). ``extra`` fields
     (e.g. ``plate``, ``mjd``, ``fiberid``, ``class``) are appended after the standard ones.
     """
     fields = [
@@ -247,10 +248,11 @@ def galaxy_schema(cutout_shape: tuple[int, int, int] | None = None,
     fields += [pa.field(c, pa.float32(), metadata={"unit": "mag(AB)"}) for c in MAG_COLUMNS]
     fields += [pa.field(c, pa.float32(), metadata={"unit": "mag"}) for c in MAGERR_COLUMNS]
     if cutout_shape is not None:
-        fields.append(pa.field(
-            CUTOUT_COLUMN, cutout_type(cutout_shape),
-            metadata={"pixel_scale_arcsec": repr(float(pixel_scale)), "unit": cutout_unit,
-                      "bands": ",".join(cutout_bands), "layout": "CHW"}))
+        md = {"unit": cutout_unit, "bands": ",".join(cutout_bands), "layout": "CHW"}
+        # None (or NaN): no single pixel scale, e.g. composites cut at a per-galaxy scale.
+        if pixel_scale is not None and np.isfinite(pixel_scale):
+            md["pixel_scale_arcsec"] = repr(float(pixel_scale))
+        fields.append(pa.field(CUTOUT_COLUMN, cutout_type(cutout_shape), metadata=md))
     for t in TARGETS.values():
         fields.append(pa.field(t.name, pa.float32(),
                                metadata={"unit": t.unit, "description": t.description,

@@ -164,6 +164,15 @@ def exists(uri: str) -> bool:
         raise _wrap(uri, exc) from None
 
 
+def is_dir(uri: str) -> bool:
+    """True if ``uri`` is a local folder or an S3 prefix with objects under it."""
+    fs, path = arrow_fs(uri)
+    try:
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+
+
 def makedirs(uri: str) -> None:
     loc = parse_uri(uri)
     if loc.is_s3:

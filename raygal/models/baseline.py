@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+
 
 from .nets import MLP, SmallCNN, masked_mean
 from .posterior import Context, Posterior, register

@@ -109,7 +109,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg, stats = config["cfg"], NormStats.from_dict(config["stats"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     threads = config.get("torch_threads")
     if threads:
         torch.set_num_threads(int(threads))

@@ -1,0 +1,163 @@
+"""Hyper-parameter sweeps with Ray Tune over Ray Train (the V2 pattern).
+
+A Tuner runs ``_trial``, a small driver function per trial that builds and fits a TorchTrainer
+(``raygal.train.driver.make_trainer``) whose ``TuneReportCallback`` forwards each epoch's
+metrics to Tune; ASHA stops poor trials early on the validation loss. The best trial's best
+weights are exported as a loadable Posterior.
+
+Search spaces (``SEARCH_SPACES``): for the NF, coupling layers (flow depth), width and learning
+rate; for the CFM, sigma, width and learning rate. A config file's ``search_space`` mapping
+replaces them: ``{coupling_layers: [4, 8, 12], lr: {loguniform: [1e-4, 3e-3]}}``.
+
+Layout of ``out``::
+
+    trials/<trial id>/ray/...   each trial's Ray Train run and checkpoints
+    results.csv, results.json   one row per trial: its parameters and final metrics
+    best/model/                 the best trial's model
+"""
+from __future__ import annotations
+
+import math
+
+from . import storage
+from .train.config import TrainConfig
+
+SEARCH_SPACES = {
+    "nf": {"coupling_layers": [4, 8, 12], "hidden": [128, 256],
+           "lr": {"loguniform": [3e-4, 3e-3]}},
+    "cfm": {"sigma": [0.01, 0.05, 0.1], "hidden": [128, 256],
+            "lr": {"loguniform": [5e-5, 1e-3]}},
+    "gaussian": {"hidden": [64, 128], "lr": {"loguniform": [3e-4, 3e-3]}},
+}
+#: keys of a search space that are TrainConfig fields; the rest go to model_config.
+TRAIN_KEYS = {"lr", "batch_size", "weight_decay"}
+
+
+def to_tune_space(space: dict) -> dict:
+    """A YAML-friendly search space -> Ray Tune domains (lists become grid/choice)."""
+    from ray import tune
+
+    out = {}
+    for k, v in space.items():
+        if isinstance(v, list):
+            out[k] = tune.choice(v)
+        elif isinstance(v, dict) and len(v) == 1:
+            (kind, args), = v.items()
+            fn = {"loguniform": tune.loguniform, "uniform": tune.uniform,
+                  "randint": tune.randint, "choice": tune.choice}.get(kind)
+            if fn is None:
+                raise ValueError(f"search space {k!r}: unknown domain {kind!r}")
+            out[k] = fn(args) if kind == "choice" else fn(*args)
+        else:
+            out[k] = v
+    return out
+
+
+def trial_config(base: dict, params: dict, trial_id: str) -> TrainConfig:
+    d = dict(base)
+    d["model_config"] = dict(d.get("model_config") or {})
+    for k, v in params.items():
+        if k in TRAIN_KEYS:
+            d[k] = v
+        else:
+            d["model_config"][k] = v
+    d["out"] = storage.join(base["out"], "trials", trial_id)
+    return TrainConfig.from_dict(d)
+
+
+def _trial(params: dict) -> None:
+    """One Tune trial: fit a TorchTrainer for ``params`` on top of the base config."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .train.driver import make_trainer
+
+    base = params.pop("__base__")
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(base, params, trial_id)
+    trainer = make_trainer(cfg, run_name="train", callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def max_concurrent(cfg: TrainConfig, cpus_per_worker: float) -> int:
+    """Trials that fit the cluster at once without starving Ray Data or deadlocking: one CPU
+    is kept for data tasks; GPUs bound it too."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus = res.get("CPU", 1.0)
+    per_trial = cfg.workers * cpus_per_worker + 0.01
+    n = max(1, int(math.floor((cpus - 1.0) / per_trial + 1e-9)))
+    if cfg.gpus_per_worker:
+        n = min(n, max(1, int(res.get("GPU", 0) // (cfg.workers * cfg.gpus_per_worker))))
+    return n
+
+
+def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
+              grace_period: int = 2, seed: int = 0) -> dict:
+    """Run a sweep of ``trials`` trials; returns {'results': rows, 'best': row,
+    'model_uri': ...}."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from .train.driver import export_checkpoint
+
+    space = to_tune_space(search_space or SEARCH_SPACES[cfg.model])
+    if cfg.cpus_per_worker is None:
+        total = ray.cluster_resources().get("CPU", 1.0)
+        # Each trial's workers share what is left after one CPU for data; the driver needs a
+        # sliver (0 raises).
+        per = (total - 1.0) / max(1, min(trials, int(total - 1) or 1) * cfg.workers)
+        cfg.cpus_per_worker = max(0.25, min(1.0, per) - 0.01)
+    concurrency = max_concurrent(cfg, cfg.cpus_per_worker)
+    base = cfg.to_dict()
+    space["__base__"] = base
+    fs, path = storage.arrow_fs(storage.join(cfg.out, "tune"))
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"cpu": 0.01}),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="val_loss", mode="min", num_samples=trials,
+            max_concurrent_trials=concurrency,
+            scheduler=ASHAScheduler(max_t=cfg.epochs, grace_period=min(grace_period,
+                                                                       cfg.epochs),
+                                    time_attr="training_iteration")),
+        run_config=tune.RunConfig(name="sweep", storage_path=path, storage_filesystem=fs))
+    grid = tuner.fit()
+    rows = []
+    for r in grid:
+        m = dict(r.metrics or {})
+        row = {k: v for k, v in (r.config or {}).items() if k != "__base__"}
+        row.update({k: m.get(k) for k in ("val_loss", "best_val_loss", "epoch",
+                                          "training_iteration")})
+        row["checkpoint_path"] = m.get("checkpoint_path")
+        row["error"] = str(r.error) if r.error else None
+        rows.append(row)
+    ok = [r for r in rows if r["best_val_loss"] is not None and r["checkpoint_path"]]
+    if not ok:
+        raise RuntimeError(f"no trial finished; errors: {[r['error'] for r in rows]}")
+    best = min(ok, key=lambda r: r["best_val_loss"])
+    from ray.train import Checkpoint
+
+    ckpt = Checkpoint(path=best["checkpoint_path"], filesystem=fs)
+    model_uri = storage.join(cfg.out, "best", "model")
+    export_checkpoint(ckpt, model_uri)
+    _write_results(cfg.out, rows)
+    summary = {"results": rows, "best": best, "model_uri": model_uri,
+               "max_concurrent_trials": concurrency}
+    storage.write_json(storage.join(cfg.out, "results.json"), summary)
+    return summary
+
+
+def _write_results(out: str, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    keys = sorted({k for r in rows for k in r})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    storage.write_bytes(storage.join(out, "results.csv"), buf.getvalue().encode())
