@@ -72,6 +72,92 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def _parse_sets(items) -> dict:
+    """['coupling_layers=8', 'sigma=0.1'] -> {'coupling_layers': 8, 'sigma': 0.1} (YAML
+    values)."""
+    import yaml
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"--set takes key=value, not {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _train_config(args):
+    from .train import load_config
+
+    return load_config(
+        args.config, model=args.model, data=args.data, out=args.out, inputs=args.inputs,
+        targets=args.targets, vae=args.vae, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, patience=args.patience, workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures, seed=args.seed, max_rows=args.max_rows,
+        model_config=_parse_sets(args.set) or None)
+
+
+def cmd_train(args) -> int:
+    from .runtime import init_ray
+    from .train.driver import fit
+
+    cfg = _train_config(args)
+    init_ray(args.ray_address)
+    t0 = time.perf_counter()
+    s = fit(cfg)
+    print(f"trained {cfg.model} ({cfg.inputs}; {', '.join(cfg.targets) or 'images'}) on "
+          f"{cfg.workers} worker(s) in {time.perf_counter() - t0:.0f} s: {s['epochs_run']} "
+          f"epoch(s), best validation loss {s['best_val_loss']:.4f}")
+    print(f"model: {s['model_uri']}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .runtime import init_ray
+    from .tune import run_sweep
+
+    cfg = _train_config(args)
+    space = None
+    if args.config:
+        import yaml
+
+        from . import storage
+
+        space = (yaml.safe_load(storage.read_bytes(args.config).decode()) or {}).get(
+            "search_space")
+    init_ray(args.ray_address)
+    s = run_sweep(cfg, args.trials, search_space=space)
+    print(f"{len(s['results'])} trial(s), at most {s['max_concurrent_trials']} at once")
+    for r in sorted(s["results"], key=lambda r: (r["best_val_loss"] is None,
+                                                  r["best_val_loss"])):
+        params = {k: v for k, v in r.items() if k not in (
+            "val_loss", "best_val_loss", "epoch", "training_iteration", "checkpoint_path",
+            "error")}
+        print(f"  best val loss {r['best_val_loss']!s:>22}  epochs {r['training_iteration']}"
+              f"  {params}")
+    print(f"best model: {s['model_uri']}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from .runtime import init_ray
+    from .train.features_job import ensure_features, extract_features
+
+    init_ray(args.ray_address)
+    if args.out:
+        m = extract_features(args.vae, args.data, args.out, actors=args.actors,
+                             num_gpus=args.gpus)
+        out = args.out
+    else:
+        out = ensure_features(args.vae, args.data, actors=args.actors, num_gpus=args.gpus)
+        from .dataset import read_manifest
+
+        m = read_manifest(out)
+    print(f"VAE features of {m['num_rows']} rows written to {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 def default_sdss_samples() -> str | None:
     """The folder of real SDSS samples, if this checkout has one beside it."""
@@ -199,6 +285,43 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(one streaming Ray Data pass)")
     s.add_argument("uri")
     s.set_defaults(func=cmd_stats)
+
+    for name, helptext in (("train", "train a model data-parallel with Ray Train"),
+                           ("tune", "hyper-parameter sweep with Ray Tune (ASHA)")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("model", choices=["vae", "nf", "cfm", "gaussian"] if name == "train"
+                       else ["nf", "cfm", "gaussian"])
+        s.add_argument("--data", help="training dataset URI")
+        s.add_argument("--out", help="output URI (checkpoints, history, model)")
+        s.add_argument("--config", help="YAML config file (options below override it)")
+        s.add_argument("--inputs", choices=["image+phot", "phot"])
+        s.add_argument("--targets", help="comma-separated targets, e.g. z,log_mstar")
+        s.add_argument("--vae", help="trained VAE (model URI) for an image+phot NF")
+        s.add_argument("--workers", type=int)
+        s.add_argument("--gpus-per-worker", type=float)
+        s.add_argument("--cpus-per-worker", type=float)
+        s.add_argument("--epochs", type=int)
+        s.add_argument("--batch-size", type=int)
+        s.add_argument("--lr", type=float)
+        s.add_argument("--patience", type=int)
+        s.add_argument("--max-failures", type=int)
+        s.add_argument("--max-rows", type=int, help="cap the training rows (quick runs)")
+        s.add_argument("--seed", type=int)
+        s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="model option, e.g. --set coupling_layers=8 (repeatable)")
+        if name == "tune":
+            s.add_argument("--trials", type=int, default=8)
+            s.set_defaults(func=cmd_tune)
+        else:
+            s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("features", help="frozen-VAE features for the NF (Ray Data job)")
+    s.add_argument("--vae", required=True, help="trained VAE model URI")
+    s.add_argument("--data", required=True, help="dataset with cutouts")
+    s.add_argument("--out", default=None, help="default: <data>/features/<VAE hash>")
+    s.add_argument("--actors", type=int, default=1)
+    s.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
+    s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("demo", help="end-to-end run on the embedded mock survey")
     s.add_argument("--out", default="demo_out", help="output URI (default ./demo_out)")
