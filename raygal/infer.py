@@ -181,7 +181,8 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
         fs, _ = storage.arrow_fs(todo[0])
         paths = [storage.arrow_fs(u)[1] for u in todo]
         cols = [c for c in read_schema(data_uri).names if c not in ("source",)]
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, include_paths=True)
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, include_paths=True,
+                                   override_num_blocks=len(paths))
         ds = ds.map_batches(
             PosteriorPredictor,
             fn_constructor_args=(model_uri, samples, solver, seed, keep_samples,
