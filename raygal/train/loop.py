@@ -90,8 +90,10 @@ def load_checkpoint_state(path: str) -> tuple[dict, dict]:
 
 
 def _maybe_fail(cfg: dict, epoch: int, rank: int, run_id: str) -> None:
-    """Fault-injection hook for the fault-tolerance tests: worker rank 1 (or 0 alone) exits
-    once, at the start of epoch ``fail_at_epoch``."""
+    """Fault-injection hook for the fault-tolerance tests: worker rank 1 (or 0 alone) dies
+    once, mid-way through epoch ``fail_at_epoch`` (after its first batch, and after a pause
+    that stands for the rest of the epoch's work: the controller registers the previous
+    epoch's checkpoint within a health-check interval)."""
     fail_at = cfg.get("fail_at_epoch")
     if fail_at is None or epoch != fail_at or rank != min(1, cfg["workers"] - 1):
         return
@@ -100,6 +102,7 @@ def _maybe_fail(cfg: dict, epoch: int, rank: int, run_id: str) -> None:
         return
     with open(marker, "w") as f:
         f.write(str(epoch))
+    time.sleep(2.0)
     os._exit(1)
 
 
@@ -143,7 +146,6 @@ def train_loop_per_worker(config: dict) -> None:
     bs = cfg["batch_size"]
 
     for epoch in range(start_epoch, cfg["epochs"]):
-        _maybe_fail(cfg, epoch, rank, config.get("run_id", "run"))
         t0 = time.perf_counter()
         model.train()
         rng = np.random.default_rng([cfg["seed"], epoch, rank])
@@ -160,6 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
+            _maybe_fail(cfg, epoch, rank, config.get("run_id", "run"))
             n = len(batch["objid"])
             tot += float(out["loss"].detach()) * n
             n_rows += n
