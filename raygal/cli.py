@@ -187,6 +187,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate.run import evaluate, format_table
+
+    r = evaluate(args.posteriors, args.data, args.out, model=args.model,
+                 compare=args.compare, compare_model=args.compare_model,
+                 labels=tuple(args.labels.split(",")), max_rows=args.max_rows,
+                 calib_rows=args.calib_rows, samples=args.samples,
+                 with_model=not args.no_model, solver=args.solver)
+    print(format_table(r))
+    print(f"metrics: {args.out}/metrics.json")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 def default_sdss_samples() -> str | None:
     """The folder of real SDSS samples, if this checkout has one beside it."""
@@ -374,6 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("catalog")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("evaluate", help="accuracy, calibration and information gain of a "
+                                        "posterior catalog")
+    s.add_argument("--posteriors", required=True, help="posterior catalog URI (raygal infer)")
+    s.add_argument("--data", required=True, help="the dataset it was made from (with truth)")
+    s.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
+    s.add_argument("--model", default=None, help="model for calibration and information "
+                                                 "gain (default: the catalog's)")
+    s.add_argument("--compare", default=None, help="a second catalog (e.g. photometry-only)")
+    s.add_argument("--compare-model", default=None)
+    s.add_argument("--labels", default="image,phot", help="names of the two catalogs")
+    s.add_argument("--max-rows", type=int, default=200_000)
+    s.add_argument("--calib-rows", type=int, default=500)
+    s.add_argument("--samples", type=int, default=300)
+    s.add_argument("--solver", default=None, help="CFM solver for calibration and densities")
+    s.add_argument("--no-model", action="store_true", help="catalog-only metrics")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("demo", help="end-to-end run on the embedded mock survey")
     s.add_argument("--out", default="demo_out", help="output URI (default ./demo_out)")
