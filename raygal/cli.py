@@ -238,51 +238,14 @@ def ingest_sdss_samples(folder: str, out: str) -> dict:
 
 
 def cmd_demo(args) -> int:
-    from . import data, storage
+    from .demo import run_demo
     from .runtime import init_ray
-    from .sim import simulate
 
-    t_start = time.perf_counter()
-    out = args.out
-    n = int(args.n * args.scale)
-    print(f"raygal demo: output in {out}")
+    print(f"raygal demo: output in {args.out}")
     init_ray(args.ray_address)
-
-    mock_uri = storage.join(out, "mock")
-    t0 = time.perf_counter()
-    m = simulate(n, mock_uri, image_size=args.image_size, seed=args.seed,
-                 rows_per_shard=args.rows_per_shard)
-    print(f"[1] mock survey: {m['num_rows']} galaxies ({args.image_size}x{args.image_size} gri) "
-          f"in {len(m['shards'])} shards, {time.perf_counter() - t0:.1f} s")
-
-    samples = args.sdss_samples or default_sdss_samples()
-    if samples and Path(samples).is_dir():
-        t0 = time.perf_counter()
-        manifests = ingest_sdss_samples(samples, storage.join(out, "sdss"))
-        print(f"[2] real SDSS samples from {samples} ({time.perf_counter() - t0:.1f} s):")
-        for name, man in manifests.items():
-            print("    ", end="")
-            _print_ingest_summary(name, man)
-    else:
-        print("[2] no real SDSS samples found (pass --sdss-samples DIR): skipped")
-
-    t0 = time.perf_counter()
-    ds = data.read_dataset(mock_uri)
-    stats = data.compute_stats(ds)
-    data.save_stats(stats, mock_uri)
-    summary = data.summarize_dataset(ds)
-    counts = {k: int((data.split_of(
-        b["objid"]) == k).sum()) for b in data.read_dataset(
-        mock_uri, columns=["objid"]).iter_batches(batch_format="numpy", batch_size=4096)
-        for k in data.SPLITS}
-    print(f"[3] streamed through Ray Data in {time.perf_counter() - t0:.1f} s: "
-          f"{summary['rows']} rows, {summary['ok']} usable; split "
-          f"{ {k: v for k, v in counts.items()} }")
-    print(f"    {'target':<12} {'coverage':>9} {'median':>10}")
-    for t, d in summary["targets"].items():
-        med = "-" if d["median"] is None else f"{d['median']:.3f}"
-        print(f"    {t:<12} {d['fraction']:>9.1%} {med:>10}")
-    print(f"done in {time.perf_counter() - t_start:.1f} s")
+    run_demo(args.out, n=args.n, scale=args.scale, image_size=args.image_size, seed=args.seed,
+             samples=args.samples, solver=args.solver, sdss_samples=args.sdss_samples,
+             workers=args.workers)
     return 0
 
 
@@ -407,11 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="end-to-end run on the embedded mock survey")
     s.add_argument("--out", default="demo_out", help="output URI (default ./demo_out)")
-    s.add_argument("--n", type=int, default=4000, help="mock galaxies at --scale 1")
-    s.add_argument("--scale", type=float, default=1.0, help="multiply the demo's sizes")
+    s.add_argument("--n", type=int, default=3000, help="mock galaxies at --scale 1")
+    s.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the data size and the epochs (e.g. 30 for a real run)")
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--rows-per-shard", type=int, default=1024)
+    s.add_argument("--samples", type=int, default=500, help="posterior samples per galaxy")
+    s.add_argument("--solver", default="rk4-10", help="CFM ODE solver")
+    s.add_argument("--workers", type=int, default=2, help="Ray Train workers per model")
     s.add_argument("--sdss-samples", default=None,
                    help="folder with the small real SDSS samples (photoz/, lines_dn4000/, "
                         "metallicity_images/); default RAYGAL_SDSS_SAMPLES")

@@ -293,3 +293,30 @@ def summarize_dataset(ds, needs_image: bool | None = None) -> dict:
         d["median"] = float(np.median(meds)) if meds else None
         d["fraction"] = d["n"] / tot["rows"] if tot["rows"] else 0.0
     return tot
+
+
+def write_split(uri: str, name: str, out_uri: str, fractions=DEFAULT_FRACTIONS,
+                rows_per_shard: int | None = None) -> dict:
+    """Write one split ('train', 'val' or 'test') of the dataset at ``uri`` as a dataset of
+    its own (streamed shard by shard, no Ray needed); returns its manifest. Used to run
+    inference and evaluation on held-out galaxies only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .dataset import ShardWriter
+
+    if name not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {name!r}")
+    m = read_manifest(uri)
+    schema = read_schema(uri)
+    per = rows_per_shard or max(s["num_rows"] for s in m["shards"])
+    with ShardWriter(out_uri, schema, rows_per_shard=per,
+                     objid_origin=m.get("objid_origin", "sdss"),
+                     extra={"split_of": uri, "split": name,
+                            "fractions": list(fractions)}) as w:
+        for s in shard_uris(uri):
+            fs, path = storage.arrow_fs(s)
+            t = pq.read_table(path, filesystem=fs)
+            keep = split_of(t.column(ID_COLUMN).to_numpy(), fractions) == name
+            w.write(t.filter(pa.array(keep)))
+    return read_manifest(out_uri)

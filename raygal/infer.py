@@ -73,11 +73,8 @@ def set_solver(post, solver: str) -> None:
     targets = list(members) if members is not None else [post]
     done = False
     for m in targets:
-        if hasattr(m, "with_solver"):
-            m.with_solver(solver)
-            done = True
-        elif hasattr(m, "solver"):
-            m.solver = solver
+        if hasattr(m, "solver"):
+            m.solver = solver          # validated by the model (an unknown name raises)
             done = True
     if not done:
         raise ValueError(f"--solver {solver!r}: this model ({post.kind}) has no ODE solver")
