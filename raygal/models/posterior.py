@@ -154,7 +154,10 @@ class Posterior(nn.Module, abc.ABC):
     def _row_status(self, b: dict) -> np.ndarray:
         status = row_status(b, self._needs_cutout(b))
         if self.uses_image and not self._needs_cutout(b):
-            feats = np.asarray(b[self.precomputed_image_column], np.float32)
+            feats = b[self.precomputed_image_column]
+            feats = (np.stack([np.asarray(v, np.float32) for v in feats])
+                     if getattr(feats, "dtype", None) == object else
+                     np.asarray(feats, np.float32))
             bad = ~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)
             status[bad & (status == STATUS_OK)] = "bad_cutout"
         return status

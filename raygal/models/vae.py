@@ -1,0 +1,242 @@
+"""A convolutional variational autoencoder for gri cutouts (Siddiga, Mahmud & Martinez-Galarza,
+arXiv:2511.12737, section 3).
+
+The encoder's posterior means and standard deviations, ``features(x) = [mu, sigma]``
+(``[B, 2 * latent]``, 64-d by default), are the image summary the conditional RealNVP
+(``raygal.models.nf.FlowPosterior``) sees, with the encoder frozen.
+
+Images are expected as ``NormStats.norm_cutout`` gives them: an asinh stretch per channel, so
+the decoder's output is left linear.
+
+    >>> vae = VAE({"image_shape": [3, 64, 64]})
+    >>> vae.features(torch.zeros(2, 3, 64, 64)).shape
+    torch.Size([2, 64])
+
+Saved as a folder like every raygal model: ``model.json`` (format 'raygal-model', kind 'vae',
+config, optional normalisation statistics) and ``weights.pt`` (a state dict, read with
+``torch.load(weights_only=True)``): see ``save_vae`` / ``load_vae``.
+"""
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+from .. import storage
+
+VAE_KIND = "vae"
+
+#: Defaults of ``VAE.config``.
+VAE_DEFAULTS = {
+    "image_shape": [3, 64, 64],   # [C, H, W]; H and W divisible by 8 (64-160 px in practice)
+    "latent": 32,                 # latent dimension; features() is 2 * latent wide
+    "channels": [32, 64, 128],    # the three stride-2 conv layers
+    "fc_hidden": 256,             # FC layer between the conv stack and mu / log-variance
+    "beta": 1.0,                  # weight of the KL term (beta-VAE)
+}
+
+# log-variance bounds: keep exp() finite on wild inputs without touching sensible values.
+_LOGVAR_MIN, _LOGVAR_MAX = -12.0, 8.0
+
+
+def vae_config(config: dict | None = None) -> dict:
+    """``config`` completed with ``VAE_DEFAULTS`` and checked."""
+    c = {**VAE_DEFAULTS, **dict(config or {})}
+    c["image_shape"] = [int(s) for s in c["image_shape"]]
+    c["channels"] = [int(s) for s in c["channels"]]
+    if len(c["image_shape"]) != 3:
+        raise ValueError(f"image_shape must be [C, H, W], not {c['image_shape']}")
+    if len(c["channels"]) != 3:
+        raise ValueError(f"channels must list three conv widths, not {c['channels']}")
+    _, h, w = c["image_shape"]
+    if h % 8 or w % 8 or h < 8 or w < 8:
+        raise ValueError(f"image height and width must be multiples of 8 (three stride-2 "
+                         f"convolutions), not {h}x{w}")
+    c["latent"] = int(c["latent"])
+    c["fc_hidden"] = int(c["fc_hidden"])
+    c["beta"] = float(c["beta"])
+    return c
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class VAEEncoder(nn.Module):
+    """[B, C, H, W] -> (mu, logvar), each [B, latent]: three conv layers (kernel 4, stride 2,
+    padding 1: each halves H and W), then FC layers."""
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = c = vae_config(config)
+        ch, h, w = c["image_shape"]
+        c1, c2, c3 = c["channels"]
+        self.conv = nn.Sequential(
+            nn.Conv2d(ch, c1, 4, 2, 1), _act(),
+            nn.Conv2d(c1, c2, 4, 2, 1), _act(),
+            nn.Conv2d(c2, c3, 4, 2, 1), _act(),
+            nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(c3 * (h // 8) * (w // 8), c["fc_hidden"]), _act())
+        self.mu = nn.Linear(c["fc_hidden"], c["latent"])
+        self.logvar = nn.Linear(c["fc_hidden"], c["latent"])
+
+    @property
+    def out_features(self) -> int:
+        return 2 * self.config["latent"]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expected = tuple(self.config["image_shape"])
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"the VAE expects images of shape {expected}, got "
+                             f"{tuple(x.shape[1:])}")
+        e = self.fc(self.conv(x))
+        return self.mu(e), self.logvar(e).clamp(_LOGVAR_MIN, _LOGVAR_MAX)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 2 * latent] = concat(mu, sigma), sigma = exp(logvar / 2)."""
+        mu, logvar = self(x)
+        return torch.cat([mu, torch.exp(0.5 * logvar)], dim=-1)
+
+
+class VAEDecoder(nn.Module):
+    """[B, latent] -> [B, C, H, W]: FC layers, then transposed convs mirroring the encoder."""
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = c = vae_config(config)
+        ch, h, w = c["image_shape"]
+        c1, c2, c3 = c["channels"]
+        self._grid = (c3, h // 8, w // 8)
+        self.fc = nn.Sequential(nn.Linear(c["latent"], c["fc_hidden"]), _act(),
+                                nn.Linear(c["fc_hidden"], c3 * (h // 8) * (w // 8)), _act())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(c3, c2, 4, 2, 1), _act(),
+            nn.ConvTranspose2d(c2, c1, 4, 2, 1), _act(),
+            nn.ConvTranspose2d(c1, ch, 4, 2, 1))   # linear output: asinh-stretched pixels
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.fc(z).view(-1, *self._grid))
+
+
+class VAE(nn.Module):
+    """Convolutional VAE with a diagonal-Gaussian posterior and a standard-normal prior.
+
+    Args:
+        config: ``image_shape`` ([3, 64, 64]; H, W multiples of 8), ``latent`` (32),
+            ``channels`` ([32, 64, 128]), ``fc_hidden`` (256), ``beta`` (1.0, the KL weight).
+
+    ``loss(x)`` = per-image sum of squared errors + beta * KL(q(z|x) || N(0, I)), both
+    averaged over the batch (a unit-variance Gaussian likelihood in stretched-pixel units:
+    with a per-pixel mean instead the KL term would swamp reconstruction and the posterior
+    would collapse to the prior).
+    """
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = vae_config(config)
+        self.encoder = VAEEncoder(self.config)
+        self.decoder = VAEDecoder(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "VAE":
+        return cls(config)
+
+    @property
+    def latent(self) -> int:
+        return self.config["latent"]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.out_features
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar), each [B, latent]."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, latent] -> [B, C, H, W] reconstructions (e.g. for latent traversals)."""
+        return self.decoder(z)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 2 * latent] = concat(mu, sigma): what the flows are conditioned on."""
+        return self.encoder.features(x)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction [B, C, H, W], mu, logvar) with z drawn by reparameterisation."""
+        mu, logvar = self.encode(x)
+        return self.decode(self.reparameterize(mu, logvar, generator)), mu, logvar
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None
+             ) -> dict[str, torch.Tensor]:
+        """{'loss', 'recon', 'kl'}: recon and KL per image, averaged over the batch."""
+        recon, mu, logvar = self(x, generator)
+        rec = ((recon - x) ** 2).flatten(1).sum(1).mean()
+        kl = (0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)).sum(1).mean()
+        loss = rec + self.config["beta"] * kl
+        return {"loss": loss, "recon": rec.detach(), "kl": kl.detach()}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[n, C, H, W] images decoded from prior draws."""
+        z = torch.randn((n, self.latent), generator=generator, device=_device(self))
+        return self.decode(z)
+
+
+def _device(m: nn.Module) -> torch.device:
+    for p in m.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Persistence, in the format of Posterior.save (so a CLI can tell a VAE folder by its kind)
+# ----------------------------------------------------------------------------------------------
+
+def save_vae(vae: VAE, uri: str, stats=None) -> None:
+    """Write ``model.json`` (format 'raygal-model', kind 'vae', config, optional ``NormStats``
+    whose ``cutout_scale`` says how the training images were stretched) and ``weights.pt``
+    under ``uri`` (local or s3://)."""
+    from .posterior import MODEL_FORMAT, MODEL_VERSION
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in vae.state_dict().items()}, buf)
+    storage.write_bytes(storage.join(uri, "weights.pt"), buf.getvalue())
+    desc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": VAE_KIND,
+            "config": vae.config, "stats": None if stats is None else stats.to_dict()}
+    storage.write_json(storage.join(uri, "model.json"), desc)
+
+
+def load_vae(uri: str, map_location="cpu") -> VAE:
+    """A VAE saved by ``save_vae``, in eval mode. Its normalisation statistics (or None) are
+    attached as ``vae.stats``."""
+    from ..features import NormStats
+    from .posterior import load_state_dict, read_model_description
+
+    desc = read_model_description(uri)
+    if desc.get("kind") != VAE_KIND:
+        raise ValueError(f"{uri}: a raygal model of kind {desc.get('kind')!r}, not a VAE")
+    vae = VAE(desc["config"])
+    vae.load_state_dict(load_state_dict(uri, map_location))
+    if isinstance(map_location, (str, torch.device)):
+        vae.to(map_location)
+    vae.eval()
+    vae.stats = NormStats.from_dict(desc["stats"]) if desc.get("stats") else None
+    return vae
+
+
+def kl_per_dim_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """[latent] mean KL of each latent dimension over a batch: active units have KL well above
+    0 (a diagnostic for posterior collapse)."""
+    return (0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)).mean(0)
+
+
+__all__ = ["VAE", "VAEEncoder", "VAEDecoder", "VAE_DEFAULTS", "vae_config", "save_vae",
+           "load_vae", "kl_per_dim_nats"]
