@@ -200,6 +200,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from . import storage
+    from .evaluate.report import make_report
+
+    runs = []
+    for spec in args.run:
+        parts = spec.split("=", 1)
+        if len(parts) != 2:
+            raise ValueError(f"--run takes LABEL=CATALOG[,MODEL], not {spec!r}")
+        label, rest = parts
+        cat, _, model = rest.partition(",")
+        runs.append({"label": label, "catalog": cat, "model": model or None})
+    metrics = {}
+    for spec in args.metrics or []:
+        label, _, uri = spec.partition("=")
+        metrics[label] = storage.read_json(storage.join(uri, "metrics.json"))
+    page = make_report(args.out, args.data, runs, vae_uri=args.vae, metrics=metrics or None,
+                       max_points=args.max_points)
+    print(f"report: {page}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 def default_sdss_samples() -> str | None:
     """The folder of real SDSS samples, if this checkout has one beside it."""
@@ -367,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", default=None, help="CFM solver for calibration and densities")
     s.add_argument("--no-model", action="store_true", help="catalog-only metrics")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("report", help="figures and a report page for posterior catalogs")
+    s.add_argument("--data", required=True, help="the dataset the catalogs were made from")
+    s.add_argument("--out", required=True, help="report folder")
+    s.add_argument("--run", action="append", required=True, metavar="LABEL=CATALOG[,MODEL]",
+                   help="a catalog to show (repeatable), with its model for corner plots and "
+                        "calibration")
+    s.add_argument("--vae", default=None, help="VAE model URI for the latent figures")
+    s.add_argument("--metrics", action="append", metavar="LABEL=EVAL_DIR",
+                   help="an evaluation folder (raygal evaluate --out) to tabulate")
+    s.add_argument("--max-points", type=int, default=5000)
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="end-to-end run on the embedded mock survey")
     s.add_argument("--out", default="demo_out", help="output URI (default ./demo_out)")
