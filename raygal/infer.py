@@ -168,6 +168,7 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
     done_rows = 0
     total_rows = sum(rows_of[_out_name(u)] for u in todo)
     written = 0
+    t_first, first_rows = None, 0
     if todo:
         total_cpus = ray.cluster_resources().get("CPU", 1.0)
         if cpus_per_actor is None:
@@ -191,6 +192,10 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
         counts: dict[str, int] = {}
         last = time.perf_counter()
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if t_first is None:
+                # Start-up (actors, model loading) ends with the first result; the steady
+                # rate counts the rows after it.
+                t_first, first_rows = time.perf_counter(), len(b[ID_COLUMN])
             names = np.array([_out_name(p) for p in b[PATH_COLUMN]])
             for name in np.unique(names):
                 sel = names == name
@@ -214,8 +219,12 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
                 break
         if max_shards is None and pending:
             raise RuntimeError(f"incomplete shards after inference: {sorted(pending)}")
-    elapsed = time.perf_counter() - t0
-    return _finish(out_uri, shards, rows_of, settings, elapsed, done_rows, skipped, written)
+    t_end = time.perf_counter()
+    steady = None
+    if t_first is not None and done_rows > first_rows and t_end > t_first:
+        steady = (done_rows - first_rows) / (t_end - t_first)
+    return _finish(out_uri, shards, rows_of, settings, t_end - t0, done_rows, skipped, written,
+                   steady)
 
 
 def _write_shard(out_uri: str, name: str, parts: list[dict]) -> None:
@@ -229,7 +238,8 @@ def _write_shard(out_uri: str, name: str, parts: list[dict]) -> None:
     storage.write_bytes(storage.join(out_uri, name), buf.getvalue())  # atomic per shard
 
 
-def _finish(out_uri, shards, rows_of, settings, elapsed, done_rows, skipped, written) -> dict:
+def _finish(out_uri, shards, rows_of, settings, elapsed, done_rows, skipped, written,
+            steady=None) -> dict:
     status: dict[str, int] = {}
     n_out, complete = 0, True
     for u in shards:
@@ -248,7 +258,7 @@ def _finish(out_uri, shards, rows_of, settings, elapsed, done_rows, skipped, wri
                "rows_per_status": status, "shards": len(shards), "shards_written": written,
                "shards_skipped": skipped, "elapsed_s": elapsed,
                "posteriors_per_s": done_rows / elapsed if elapsed > 0 else None,
-               **settings}
+               "steady_posteriors_per_s": steady, **settings}
     if complete and n_out != summary["input_rows"]:
         raise RuntimeError(f"{out_uri}: {n_out} output rows for {summary['input_rows']} inputs")
     storage.write_json(storage.join(out_uri, SUMMARY_FILE), summary)
