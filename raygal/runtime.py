@@ -29,7 +29,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
                  dashboard_host="127.0.0.1",
-                 object_store_memory=object_store_memory or 512 * 1024**2, **kwargs)
+                 object_store_memory=object_store_memory or 1024**3, **kwargs)
     configure_ray_data(progress=sys.stderr.isatty())
     return ray
 

@@ -18,6 +18,8 @@ import logging
 import math
 import uuid
 
+import numpy as np
+
 from .. import storage
 from ..data import read_dataset, split, stats_for
 from ..dataset import read_schema
@@ -55,6 +57,21 @@ def training_columns(cfg: TrainConfig, names) -> list[str]:
         else:
             cols.append(CUTOUT_COLUMN)
     return [c for c in dict.fromkeys(cols) if c in names]
+
+
+def _fits_in_object_store(data_uri: str, cols, image_shape, max_rows=None,
+                          fraction: float = 0.3) -> bool:
+    """True if the training columns take less than ``fraction`` of the object store."""
+    import ray
+
+    from ..dataset import read_manifest
+
+    rows = read_manifest(data_uri)["num_rows"]
+    if max_rows:
+        rows = min(rows, int(max_rows * 1.25) + 64)
+    per_row = 8 * len(cols) + (4 * int(np.prod(image_shape)) if image_shape else 0)
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    return rows * per_row < fraction * store
 
 
 def default_cpus_per_worker(cfg: TrainConfig) -> float:
@@ -102,6 +119,11 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
     if cfg.max_rows:
         train_ds = train_ds.limit(cfg.max_rows)
         val_ds = val_ds.limit(max(cfg.max_rows // 4, 64))
+    if _fits_in_object_store(data_uri, cols, image_shape if CUTOUT_COLUMN in cols else None,
+                             cfg.max_rows):
+        # Small enough to keep in Ray's object store: read and filter once, instead of
+        # listing, reading and splitting every shard again at every epoch.
+        train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
 
     cpus = default_cpus_per_worker(cfg)
     resources = {"CPU": cpus}
