@@ -59,7 +59,8 @@ def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
     jobs = [
         ("vae", TrainConfig(model="vae", out=storage.join(runs_dir, "vae"), epochs=4 * ep,
                             batch_size=64, lr=1e-3,
-                            model_config={"image_shape": [3, image_size, image_size]},
+                            model_config={"image_shape": [3, image_size, image_size],
+                                          "channels": [16, 32, 64]},
                             **common)),
     ]
     summaries = {}
