@@ -296,10 +296,12 @@ def summarize_dataset(ds, needs_image: bool | None = None) -> dict:
 
 
 def write_split(uri: str, name: str, out_uri: str, fractions=DEFAULT_FRACTIONS,
-                rows_per_shard: int | None = None) -> dict:
+                rows_per_shard: int | None = None, require_targets=()) -> dict:
     """Write one split ('train', 'val' or 'test') of the dataset at ``uri`` as a dataset of
     its own (streamed shard by shard, no Ray needed); returns its manifest. Used to run
-    inference and evaluation on held-out galaxies only."""
+    inference and evaluation on held-out galaxies only. ``require_targets`` keeps only rows
+    where those targets are known (e.g. 'oh12': the star-forming galaxies whose metallicity
+    is measurable); the rows left out are counted in the manifest's ``dropped``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -318,5 +320,9 @@ def write_split(uri: str, name: str, out_uri: str, fractions=DEFAULT_FRACTIONS,
             fs, path = storage.arrow_fs(s)
             t = pq.read_table(path, filesystem=fs)
             keep = split_of(t.column(ID_COLUMN).to_numpy(), fractions) == name
+            for target in require_targets:
+                known = t.column(target).is_valid().to_numpy(zero_copy_only=False)
+                w.drop(f"{target} unknown", int((keep & ~known).sum()))
+                keep &= known
             w.write(t.filter(pa.array(keep)))
     return read_manifest(out_uri)
