@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+
+import numpy as np
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from ..features import N_PHOT
+from ..features import N_PHOT, as_numpy_batch
 from ..schema import CFM_TARGETS
 from .encoders import ConvEncoder
 from .nets import MLP, masked_mean
@@ -313,10 +315,18 @@ class FlowMatchingPosterior(Posterior):
         ctx, y = self.training_tensors(batch)
         complete = torch.isfinite(y).all(dim=-1)
         theta1 = torch.nan_to_num(y)
-        theta0 = torch.randn_like(theta1)
-        t = torch.rand(len(theta1), 1, device=theta1.device, dtype=theta1.dtype)
-        theta_t = ((1 - t) * theta0 + t * theta1
-                   + float(self.config["sigma"]) * torch.randn_like(theta1))
+        gen = None
+        if not self.training:
+            # Validation: the same noise draws for the same rows at every epoch, so that the
+            # loss compares models rather than draws (early stopping, checkpoint choice).
+            ids = np.asarray(as_numpy_batch(batch).get("objid", np.arange(len(theta1))))
+            gen = torch.Generator(device=theta1.device)
+            gen.manual_seed(int(ids.astype(np.uint64).sum() % np.uint64(2**62)))
+        shape = theta1.shape
+        theta0 = torch.randn(shape, generator=gen, device=theta1.device, dtype=theta1.dtype)
+        t = torch.rand((shape[0], 1), generator=gen, device=theta1.device, dtype=theta1.dtype)
+        eps = torch.randn(shape, generator=gen, device=theta1.device, dtype=theta1.dtype)
+        theta_t = (1 - t) * theta0 + t * theta1 + float(self.config["sigma"]) * eps
         v = self.velocity(t, theta_t, self.velocity.context_bias(self.features(ctx)))
         se = ((v - (theta1 - theta0)) ** 2).mean(dim=-1)
         mse = masked_mean(se, complete)

@@ -1,6 +1,7 @@
 """The VAE as a Ray Train model: ``forward(batch)`` returns its loss like every Posterior."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +26,14 @@ class VAETrainingModule(nn.Module):
         b = as_numpy_batch(batch)
         check_training_batch(b, (), needs_image=True)
         x = torch.from_numpy(self.stats.norm_cutout(cutout_array(b)))
-        return self.vae.loss(x.to(next(self.vae.parameters()).device))
+        device = next(self.vae.parameters()).device
+        gen = None
+        if not self.training:
+            # Validation draws the same latent noise for the same rows at every epoch.
+            ids = np.asarray(b.get("objid", np.arange(len(x))))
+            gen = torch.Generator(device=device)
+            gen.manual_seed(int(ids.astype(np.uint64).sum() % np.uint64(2**62)))
+        return self.vae.loss(x.to(device), generator=gen)
 
     loss = forward
 
