@@ -35,19 +35,12 @@ def ray_local():
     """A real local Ray sized for this 2-core machine, started once per test module."""
     import ray
 
+    from raygal.runtime import configure_ray_data, init_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=True,
-             dashboard_host="127.0.0.1", object_store_memory=512 * 1024**2,
-             log_to_driver=False, configure_logging=False)
-    try:
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-    except Exception:  # pragma: no cover - older Ray
-        pass
+    init_ray("local", num_cpus=2, object_store_memory=512 * 1024**2)
+    configure_ray_data(progress=False)
     yield ray
     ray.shutdown()
 
