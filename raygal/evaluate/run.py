@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .. import storage
 from ..data import hash_unit
-from ..dataset import read_manifest, shard_uris
+from ..dataset import read_manifest, read_schema, shard_uris
 from ..features import target_matrix
 from ..schema import ID_COLUMN
 from . import metrics as M
@@ -44,6 +44,8 @@ def _read(uri: str, columns=None) -> pa.Table:
 
 def _joined_rows(catalog: str, data: str, targets, keep_frac: float, extra_cols=()):
     """Yield (catalog table, truth table) per shard, aligned on objid, subsampled."""
+    names = read_schema(data).names          # every shard shares the dataset's schema
+    want = [c for c in dict.fromkeys([ID_COLUMN, *targets, *extra_cols]) if c in names]
     for duri in shard_uris(data):
         name = os.path.basename(duri)
         curi = storage.join(catalog, name)
@@ -51,9 +53,7 @@ def _joined_rows(catalog: str, data: str, targets, keep_frac: float, extra_cols=
             raise FileNotFoundError(f"{curi}: missing catalog shard for {duri}; finish the "
                                     f"catalog with 'raygal infer' (re-running completes it)")
         cat = _read(curi)
-        want = [ID_COLUMN, *[t for t in targets], *extra_cols]
-        dschema = pq.read_schema(storage.arrow_fs(duri)[1], filesystem=storage.arrow_fs(duri)[0])
-        truth = _read(duri, [c for c in dict.fromkeys(want) if c in dschema.names])
+        truth = _read(duri, want)
         cat = cat.sort_by(ID_COLUMN)
         truth = truth.sort_by(ID_COLUMN)
         if not np.array_equal(cat.column(ID_COLUMN).to_numpy(),

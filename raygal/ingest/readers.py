@@ -134,14 +134,8 @@ def read_skyserver(uri: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
     report.set_objid_origin("plate_mjd_fiber")
     report.note("mag_type", _mag_note(cmap, "skyserver"))
     extra = extra_fields(["plate", "mjd", "fiberid", "class"])
-    rows = 0
-    for table, row0 in tf.iter_csv(uri, _block_size(chunk_rows)):
-        objid = _plate_mjd_fiber_ids(table, cmap, uri, row0)
-        raw = _csv_raw(table, cmap, uri, row0, objid)
-        rows += len(raw)
-        report.input_rows += len(raw)
-        yield clean_batch(raw, source=basename(uri), extra=extra, report=report)
-    _finish(report, uri, "skyserver", rows)
+    yield from _clean_csv_blocks(uri, cmap, extra, report, chunk_rows,
+                                 _plate_mjd_fiber_ids, "skyserver")
 
 
 def _load_av(av_uri: str) -> tuple[np.ndarray, np.ndarray]:
@@ -227,14 +221,8 @@ def read_catalog(uri: str, *, target: str | None = None, chunk_rows: int = DEFAU
     report.note("mag_type", _mag_note(cmap, "catalog"))
     report.note("target_columns", {t: cmap.get(t) for t in TARGETS if t in cmap})
     extra = extra_fields([f for f in EXTRA_TYPES if f in cmap and f != "specobjid"])
-    rows = 0
-    for table, row0 in tf.iter_csv(uri, _block_size(chunk_rows)):
-        objid = _strict_objids(table, cmap, uri, row0)
-        raw = _csv_raw(table, cmap, uri, row0, objid)
-        rows += len(raw)
-        report.input_rows += len(raw)
-        yield clean_batch(raw, source=basename(uri), extra=extra, report=report)
-    _finish(report, uri, "catalog", rows)
+    yield from _clean_csv_blocks(uri, cmap, extra, report, chunk_rows, _strict_objids,
+                                 "catalog")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,3 +448,15 @@ def _stream_fits(prim, pmap, secondaries, chunk_rows, report, mags):
                               "rows": s.rows, "matched_rows": s.matched,
                               "primary_rows_without_match": s.unmatched,
                               "duplicate_keys_ignored": s.duplicates})
+
+
+def _clean_csv_blocks(uri, cmap, extra, report, chunk_rows, objids, kind):
+    """Stream a CSV in blocks: ids from ``objids(table, cmap, uri, row0)``, then the mapped
+    columns cleaned into the galaxy schema; counts input rows into ``report``."""
+    rows = 0
+    for table, row0 in tf.iter_csv(uri, _block_size(chunk_rows)):
+        raw = _csv_raw(table, cmap, uri, row0, objids(table, cmap, uri, row0))
+        rows += len(raw)
+        report.input_rows += len(raw)
+        yield clean_batch(raw, source=basename(uri), extra=extra, report=report)
+    _finish(report, uri, kind, rows)
