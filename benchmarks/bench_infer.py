@@ -30,7 +30,7 @@ def build_models(tmp: str, image_size: int, quick: bool) -> dict[str, tuple[str,
     """{label: (model URI, solver)} of untrained, full-size models."""
     import torch
 
-    from raygal.data import stats_for
+    from raygal.pipelines import stats_for
     from raygal.models.cfm import FlowMatchingPosterior
     from raygal.models.nf import FlowPosterior
     from raygal.models.vae import VAE
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
         args.galaxies, args.samples = 16, 100
     import ray
 
-    from raygal.dataset import read_table
+    from raygal.shards import read_table
     from raygal.runtime import init_ray
     from raygal.sim import simulate
 

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raygal.features import NormStats, StatsAccumulator  # noqa: E402
+from raygal.inputs import NormStats, StatsAccumulator  # noqa: E402
 from raygal.models.cfm import FlowMatchingPosterior  # noqa: E402
 from raygal.schema import CFM_TARGETS  # noqa: E402
 from raygal.toy import linear_gaussian  # noqa: E402

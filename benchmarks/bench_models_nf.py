@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from raygal.features import StatsAccumulator
+    from raygal.inputs import StatsAccumulator
     from raygal.models.nf import FlowPosterior
 
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 Writes a mock survey to a local S3-compatible server (moto, started here on 127.0.0.1 unless
 --endpoint is given), then reads the same shards (a) with pyarrow's S3 filesystem, one shard at
-a time into numpy, and (b) through ``raygal.data.read_dataset`` (Ray Data) into numpy batches.
+a time into numpy, and (b) through ``raygal.pipelines.read_dataset`` (Ray Data) into numpy batches.
 Prints rows/s for each and the ratio. Also reports the mock survey's galaxies/s/core.
 
     python benchmarks/bench_stream.py                 # full: 16384 rows
@@ -49,7 +49,7 @@ def make_data(uri: str, rows: int, rows_per_shard: int, image_size: int) -> None
 
         simulate(rows, uri, image_size=image_size, seed=0, rows_per_shard=rows_per_shard)
     except ImportError:  # simulator absent: random rows of the same shape
-        from raygal.dataset import ShardWriter
+        from raygal.shards import ShardWriter
         from raygal.toy import random_catalog
 
         t = random_catalog(rows, (3, image_size, image_size))
@@ -62,7 +62,7 @@ def read_plain(uri: str) -> tuple[int, float]:
     import pyarrow.parquet as pq
 
     from raygal import storage
-    from raygal.dataset import shard_uris
+    from raygal.shards import shard_uris
 
     t0 = time.perf_counter()
     n = 0
@@ -78,10 +78,10 @@ def read_plain(uri: str) -> tuple[int, float]:
 
 
 def read_ray(uri: str, batch_size: int) -> tuple[int, float]:
-    from raygal import data
+    from raygal import pipelines
 
     t0 = time.perf_counter()
-    ds = data.read_dataset(uri, columns=["objid", "mag_r", "cutout"])
+    ds = pipelines.read_dataset(uri, columns=["objid", "mag_r", "cutout"])
     n = 0
     checksum = 0.0
     for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy",

@@ -76,14 +76,14 @@ def make_data(uri: str, rows: int, rows_per_shard: int, image_size: int) -> None
 
 def write_stats(uri: str) -> None:
     """Normalisation statistics of the dataset, computed once here with pyarrow (the same
-    sums as ``raygal.data.compute_stats``, without starting a Ray Data job) and saved beside
+    sums as ``raygal.pipelines.compute_stats``, without starting a Ray Data job) and saved beside
     it, where ``stats_for`` - and so every case below - finds them."""
     import pyarrow.parquet as pq
 
     from raygal import storage
-    from raygal.data import save_stats
-    from raygal.dataset import shard_uris
-    from raygal.features import StatsAccumulator
+    from raygal.pipelines import save_stats
+    from raygal.shards import shard_uris
+    from raygal.inputs import StatsAccumulator
 
     acc = StatsAccumulator()
     for s in shard_uris(uri):
@@ -134,9 +134,9 @@ def plain_batches(uri: str, cfg, columns: list[str], needs_image: bool,
     import pyarrow.parquet as pq
 
     from raygal import storage
-    from raygal.data import split_of
-    from raygal.dataset import shard_uris
-    from raygal.features import STATUS_OK, as_numpy_batch, row_status
+    from raygal.pipelines import split_of
+    from raygal.shards import shard_uris
+    from raygal.inputs import STATUS_OK, as_numpy_batch, row_status
     from raygal.schema import ID_COLUMN
 
     bs = cfg.batch_size
@@ -163,8 +163,8 @@ def run_plain(uri: str, cfg, threads: int = 1) -> dict:
     """Train ``cfg`` for cfg.epochs without Ray; per-epoch history like the training loop's."""
     import torch
 
-    from raygal.data import random_dihedral, stats_for
-    from raygal.dataset import read_schema
+    from raygal.pipelines import random_dihedral, stats_for
+    from raygal.shards import read_schema
     from raygal.schema import CUTOUT_COLUMN, cutout_shape_of
     from raygal.train.driver import training_columns
     from raygal.train.loop import build_model, make_optimizer
@@ -224,8 +224,8 @@ def run_ray(cfg) -> dict:
 def breakdown(uri: str, cfg, steps: int = 6, threads: int = 1, passes: int = 2) -> dict:
     import torch
 
-    from raygal.data import random_dihedral, read_dataset, split, stats_for
-    from raygal.dataset import read_schema
+    from raygal.pipelines import random_dihedral, read_dataset, split, stats_for
+    from raygal.shards import read_schema
     from raygal.schema import CUTOUT_COLUMN, cutout_shape_of
     from raygal.train import driver
     from raygal.train.loop import build_model, make_optimizer

@@ -54,20 +54,20 @@ def _print_ingest_summary(out, m) -> None:
 
 
 def cmd_info(args) -> int:
-    from .data import dataset_info
+    from .pipelines import dataset_info
 
     _print_json(dataset_info(args.uri))
     return 0
 
 
 def cmd_stats(args) -> int:
-    from . import data
+    from . import pipelines
     from .runtime import init_ray
 
     init_ray(args.ray_address)
-    stats = data.stats_for(args.uri, recompute=True)
+    stats = pipelines.stats_for(args.uri, recompute=True)
     print(f"normalisation statistics of {stats.n_rows} rows written to "
-          f"{data.STATS_FILE} in {args.uri}")
+          f"{pipelines.STATS_FILE} in {args.uri}")
     _print_json(stats.to_dict())
     return 0
 
@@ -151,7 +151,7 @@ def cmd_features(args) -> int:
         out = args.out
     else:
         out = ensure_features(args.vae, args.data, actors=args.actors, num_gpus=args.gpus)
-        from .dataset import read_manifest
+        from .shards import read_manifest
 
         m = read_manifest(out)
     print(f"VAE features of {m['num_rows']} rows written to {out}")

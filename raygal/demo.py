@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import data, storage
+from . import pipelines, storage
 
 
 def _step(msg: str, t0: float) -> None:
@@ -47,13 +47,13 @@ def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
     else:
         _step("no real SDSS samples found (--sdss-samples DIR): skipped", t0)
 
-    stats = data.stats_for(mock, recompute=True)
+    stats = pipelines.stats_for(mock, recompute=True)
     test = storage.join(out, "mock-test")
-    mt = data.write_split(mock, "test", test)
+    mt = pipelines.write_split(mock, "test", test)
     # The CFM models the joint of its targets, metallicity included, so like the paper it is
     # trained and tested on galaxies whose metallicity is measurable (star-forming ones).
     test_sf = storage.join(out, "mock-test-starforming")
-    ms = data.write_split(mock, "test", test_sf, require_targets=("oh12",))
+    ms = pipelines.write_split(mock, "test", test_sf, require_targets=("oh12",))
     _step(f"normalisation statistics of {stats.n_rows} rows (one Ray Data pass); "
           f"{mt['num_rows']} held-out test galaxies -> {test} ({ms['num_rows']} with "
           f"measurable metallicity -> {test_sf})", t0)

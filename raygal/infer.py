@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .dataset import read_manifest, read_schema, shard_uris
+from .shards import read_manifest, read_schema, shard_uris
 from .models.posterior import read_model_description
 from .schema import CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, cutout_shape_of, get_target
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from raygal.features import NormStats, StatsAccumulator
+from raygal.inputs import NormStats, StatsAccumulator
 from raygal.models import load_posterior
 from raygal.models.cfm import FlowMatchingPosterior, Solver, VelocityField
 from raygal.models.encoders import ConvEncoder

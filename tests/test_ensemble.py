@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from raygal.features import STATUS_BAD_PHOT, NormStats, StatsAccumulator
+from raygal.inputs import STATUS_BAD_PHOT, NormStats, StatsAccumulator
 from raygal.models import load_posterior
 from raygal.models.baseline import GaussianPosterior
 from raygal.models.ensemble import EnsemblePosterior, split_counts

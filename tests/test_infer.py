@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from raygal import storage
-from raygal.dataset import ShardWriter, read_table
-from raygal.features import StatsAccumulator
+from raygal.shards import ShardWriter, read_table
+from raygal.inputs import StatsAccumulator
 from raygal.infer import catalog_shards, export_fits, infer
 from raygal.models.baseline import GaussianPosterior
 from raygal.schema import Flag

@@ -17,7 +17,7 @@ from _ingest_helpers import (rgb, write_annz, write_casjobs_fits, write_image_se
 from conftest import sdss_path
 
 from raygal import storage
-from raygal.dataset import read_manifest, read_schema, read_table
+from raygal.shards import read_manifest, read_schema, read_table
 from raygal.ingest import (IngestError, IngestReport, detect_format, ingest, read_annz,
                            read_skyserver)
 from raygal.schema import (TARGETS, Flag, cutout_shape_of, galaxy_schema,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raygal.dataset import ShardWriter
+from raygal.shards import ShardWriter
 from raygal.toy import linear_gaussian
 
 pytestmark = pytest.mark.timeout(420)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from raygal.features import STATUS_BAD_CUTOUT, STATUS_BAD_PHOT, STATUS_OK, StatsAccumulator
+from raygal.inputs import STATUS_BAD_CUTOUT, STATUS_BAD_PHOT, STATUS_OK, StatsAccumulator
 from raygal.models import load_posterior
 from raygal.models.flows import ConditionalFlow, build_flow
 from raygal.models.nf import DETECT_COLUMN, FlowPosterior, split_targets

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raygal.dataset import ShardWriter, read_table, shard_uris
+from raygal.shards import ShardWriter, read_table, shard_uris
 from raygal.evaluate.report import kauffmann03, kewley01, make_report, markdown_to_html
-from raygal.features import StatsAccumulator
+from raygal.inputs import StatsAccumulator
 from raygal.models.baseline import GaussianPosterior
 from raygal.models.vae import VAE, save_vae
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raygal import dataset
+from raygal import shards
 from raygal.schema import MAG_COLUMNS, TARGET_NAMES, galaxy_schema
 from raygal.sim import CHUNK_SIZE, R_LIMIT, simulate, simulate_batch
 from raygal.sim import photometry, physics
@@ -344,8 +344,8 @@ def test_simulate_writes_sharded_parquet(tmp_path):
     assert ex["seed"] == 2 and ex["image_size"] == 64 and ex["generator"]
     assert 0 < ex["selection_fraction"] < 1
     assert seen[-1] == (700, 700)
-    assert dataset.read_manifest(out)["num_rows"] == 700
-    t = dataset.read_table(out)
+    assert shards.read_manifest(out)["num_rows"] == 700
+    t = shards.read_table(out)
     assert t.num_rows == 700
     assert t.schema.field("cutout").type == galaxy_schema((3, 64, 64)).field("cutout").type
     ref = simulate_batch(700, with_images=False, seed=2)

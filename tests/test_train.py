@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from raygal import storage
-from raygal.dataset import read_manifest
+from raygal.shards import read_manifest
 from raygal.models import load_posterior
 from raygal.train import TrainConfig
 from raygal.train.driver import fit
@@ -30,7 +30,7 @@ def _improved(summary):
 
 
 def _check_model(uri, mock, n=3):
-    from raygal.dataset import read_table
+    from raygal.shards import read_table
 
     post = load_posterior(uri)
     batch = read_table(mock, max_rows=16)
@@ -88,7 +88,7 @@ def test_vae_then_image_nf_on_stored_features(ray_local, mock, tmp_path):
     assert read_manifest(feats)["num_rows"] == read_manifest(mock)["num_rows"]
     post = _check_model(s["model_uri"], mock)
     assert "oh12_detect_prob" in post.summarize(
-        __import__("raygal.dataset", fromlist=["x"]).read_table(mock, max_rows=4), 8)
+        __import__("raygal.shards", fromlist=["x"]).read_table(mock, max_rows=4), 8)
 
 
 def test_worker_death_resumes_from_checkpoint(ray_local, mock, tmp_path):

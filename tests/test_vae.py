@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from raygal.features import NormStats
+from raygal.inputs import NormStats
 from raygal.models import load_posterior, read_model_description
 from raygal.models.vae import VAE, VAE_DEFAULTS, kl_per_dim_nats, load_vae, save_vae, vae_config
 

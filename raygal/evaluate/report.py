@@ -45,9 +45,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..data import hash_unit
-from ..dataset import read_manifest, read_schema, shard_uris
-from ..features import STATUS_OK, cutout_array, phot_matrix, target_matrix
+from ..pipelines import hash_unit
+from ..shards import read_manifest, read_schema, shard_uris
+from ..inputs import STATUS_OK, cutout_array, phot_matrix, target_matrix
 from ..schema import CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, TARGETS, get_target
 from . import metrics as M
 

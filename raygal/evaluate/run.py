@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..data import hash_unit
-from ..dataset import read_manifest, read_schema, shard_uris
-from ..features import target_matrix
+from ..pipelines import hash_unit
+from ..shards import read_manifest, read_schema, shard_uris
+from ..inputs import target_matrix
 from ..schema import ID_COLUMN
 from . import metrics as M
 

@@ -23,7 +23,7 @@ import posixpath
 
 
 from raygal import storage
-from raygal.dataset import MANIFEST, ShardWriter
+from raygal.shards import MANIFEST, ShardWriter
 from raygal.schema import CUTOUT_COLUMN, galaxy_schema
 
 from . import readers

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from ..features import N_PHOT, as_numpy_batch
+from ..inputs import N_PHOT, as_numpy_batch
 from ..schema import CFM_TARGETS
 from .encoders import ConvEncoder
 from .nets import MLP, masked_mean
@@ -157,7 +157,7 @@ class FlowMatchingPosterior(Posterior):
     x samples per solve are bounded by ``max_trajectories``.
 
     >>> import numpy as np
-    >>> from raygal.features import NormStats
+    >>> from raygal.inputs import NormStats
     >>> stats = NormStats(target_mean={"log_mstar": 10.0}, target_std={"log_mstar": 0.5})
     >>> post = FlowMatchingPosterior(["log_mstar"], "phot", stats,
     ...                              {"hidden": 32, "solver": "rk4-10"})

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import storage
-from ..features import STATUS_OK, as_numpy_batch, batch_size
+from ..inputs import STATUS_OK, as_numpy_batch, batch_size
 from .posterior import (QUANTILE_NAMES, QUANTILES, Posterior, load_posterior, register)
 
 MEMBER_DIR = "member-{:02d}"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..features import N_PHOT, NormStats
+from ..inputs import N_PHOT, NormStats
 from ..schema import NF_CORE_TARGETS, NF_LINE_TARGETS, NF_METALLICITY_TARGET, parse_targets
 from .flows import ConditionalFlow, build_flow
 from .nets import MLP, masked_mean
@@ -123,7 +123,7 @@ class FlowPosterior(Posterior):
     Batches may carry a precomputed ``vae_features`` column ([B, 64]); otherwise the frozen
     encoder (a submodule, so it is saved with the model) computes them from the cutouts.
 
-    >>> from raygal.features import NormStats
+    >>> from raygal.inputs import NormStats
     >>> stats = NormStats(target_mean={"z": 0.1}, target_std={"z": 0.05})
     >>> FlowPosterior(["z"], "phot", stats, {"hidden": 16, "representation": 16}).targets
     ('z',)

@@ -17,7 +17,7 @@ Spaces:
   networks see. Subclasses implement ``_sample_std`` and ``_log_prob_std`` there and the base
   class handles the rest: input checks and per-row status, chunking, transforms, Jacobians.
 
-Rows whose inputs are unusable (``raygal.features.row_status``) get NaN samples and densities
+Rows whose inputs are unusable (``raygal.inputs.row_status``) get NaN samples and densities
 here and a ``status`` other than 'ok' in ``summarize``: never NaN marked ok.
 
 Saved models are a folder (local or s3://): ``model.json`` (kind, config, targets, inputs,
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .. import storage
-from ..features import (STATUS_OK, NormStats, as_numpy_batch, batch_size, check_training_batch,
+from ..inputs import (STATUS_OK, NormStats, as_numpy_batch, batch_size, check_training_batch,
                         cutout_array, phot_matrix, row_status, target_matrix)
 from ..schema import get_target, parse_targets
 

@@ -217,7 +217,7 @@ def save_vae(vae: VAE, uri: str, stats=None) -> None:
 def load_vae(uri: str, map_location="cpu") -> VAE:
     """A VAE saved by ``save_vae``, in eval mode. Its normalisation statistics (or None) are
     attached as ``vae.stats``."""
-    from ..features import NormStats
+    from ..inputs import NormStats
     from .posterior import load_state_dict, read_model_description
 
     desc = read_model_description(uri)

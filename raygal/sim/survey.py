@@ -336,7 +336,7 @@ def simulate(n: int, out_uri: str, image_size: int = 64, seed: int = 0,
     ``compression`` is the Parquet codec: noise-dominated cutouts barely compress (zstd saves
     ~6 %), and zstd costs about as much CPU as generating them; "snappy" halves that.
     """
-    from ..dataset import ShardWriter
+    from ..shards import ShardWriter
 
     size = _check_image_size(image_size) if with_images else None
     schema = galaxy_schema(None if size is None else (3, size, size))

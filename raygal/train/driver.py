@@ -21,9 +21,9 @@ import uuid
 import numpy as np
 
 from .. import storage
-from ..data import read_dataset, split, stats_for
-from ..dataset import read_schema
-from ..features import NormStats, row_status
+from ..pipelines import read_dataset, split, stats_for
+from ..shards import read_schema
+from ..inputs import NormStats, row_status
 from ..schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS,
                       cutout_shape_of)
 from .config import TrainConfig
@@ -64,7 +64,7 @@ def _fits_in_object_store(data_uri: str, cols, image_shape, max_rows=None,
     """True if the training columns take less than ``fraction`` of the object store."""
     import ray
 
-    from ..dataset import read_manifest
+    from ..shards import read_manifest
 
     rows = read_manifest(data_uri)["num_rows"]
     if max_rows:

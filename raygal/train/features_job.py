@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from .. import storage
-from ..data import read_dataset
-from ..dataset import ShardWriter, read_manifest, read_schema
-from ..features import row_status
+from ..pipelines import read_dataset
+from ..shards import ShardWriter, read_manifest, read_schema
+from ..inputs import row_status
 from ..schema import CUTOUT_COLUMN
 
 FEATURES_COLUMN = "vae_features"
@@ -41,7 +41,7 @@ class _Encode:
     def __init__(self, vae_uri: str, stats_dict: dict | None):
         import torch
 
-        from ..features import NormStats
+        from ..inputs import NormStats
         from ..models.vae import load_vae
 
         self.torch = torch

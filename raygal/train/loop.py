@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from ..data import random_dihedral
-from ..features import NormStats
+from ..pipelines import random_dihedral
+from ..inputs import NormStats
 from ..schema import CUTOUT_COLUMN
 
 STATE_FILE = "state.pt"

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..features import NormStats, as_numpy_batch, check_training_batch, cutout_array
+from ..inputs import NormStats, as_numpy_batch, check_training_batch, cutout_array
 from ..models.vae import VAE, save_vae
 
 

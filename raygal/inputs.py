@@ -178,7 +178,7 @@ def check_training_batch(batch: dict, targets, needs_image: bool) -> None:
 class NormStats:
     """Means and standard deviations that standardise network inputs and targets.
 
-    Computed in one streaming pass (``StatsAccumulator``; ``raygal.data.compute_stats`` runs it
+    Computed in one streaming pass (``StatsAccumulator``; ``raygal.pipelines.compute_stats`` runs it
     on Ray Data), persisted with the dataset and inside every saved model.
     """
 

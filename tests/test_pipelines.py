@@ -5,9 +5,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raygal import data, storage
-from raygal.dataset import ShardWriter, read_manifest, read_table, shard_uris
-from raygal.features import StatsAccumulator
+from raygal import pipelines, storage
+from raygal.shards import ShardWriter, read_manifest, read_table, shard_uris
+from raygal.inputs import StatsAccumulator
 from raygal.schema import Flag, galaxy_schema
 from raygal.toy import random_catalog
 
@@ -79,17 +79,17 @@ def test_s3_wrong_endpoint_is_a_clear_error(s3_server, monkeypatch):
 
 def test_split_is_deterministic_disjoint_and_balanced():
     ids = np.arange(20000, dtype=np.int64) * 7919 + 1237648704043942146
-    s1, s2 = data.split_of(ids), data.split_of(ids.copy())
+    s1, s2 = pipelines.split_of(ids), pipelines.split_of(ids.copy())
     assert (s1 == s2).all()
-    frac = {k: float(np.mean(s1 == k)) for k in data.SPLITS}
+    frac = {k: float(np.mean(s1 == k)) for k in pipelines.SPLITS}
     assert abs(frac["train"] - 0.8) < 0.015 and abs(frac["val"] - 0.1) < 0.01
     with pytest.raises(ValueError):
-        data.split_of(ids, (0.5, 0.5, 0.5))
+        pipelines.split_of(ids, (0.5, 0.5, 0.5))
 
 
 def test_dihedral_group():
     x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
-    outs = [data.dihedral(x, k) for k in range(8)]
+    outs = [pipelines.dihedral(x, k) for k in range(8)]
     flat = {o.tobytes() for o in outs}
     assert len(flat) == 8                        # all 8 symmetries are distinct
     for o in outs:                               # and preserve the pixel values and flux
@@ -97,7 +97,7 @@ def test_dihedral_group():
     import torch
 
     for k in range(8):
-        assert np.array_equal(data.dihedral(torch.from_numpy(x), k).numpy(), outs[k])
+        assert np.array_equal(pipelines.dihedral(torch.from_numpy(x), k).numpy(), outs[k])
 
 
 # -- Ray Data -------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def test_stream_local_and_s3_identical(ray_local, tmp_path, s3_bucket):
     write(remote)
     rows = {}
     for uri in (local, remote):
-        ds = data.read_dataset(uri, columns=["objid", "mag_r", "cutout"])
+        ds = pipelines.read_dataset(uri, columns=["objid", "mag_r", "cutout"])
         ids, imgs = [], []
         for b in ds.iter_batches(batch_size=64, batch_format="numpy"):
             assert b["cutout"].shape[1:] == SHAPE and b["cutout"].dtype == np.float32
@@ -124,7 +124,7 @@ def test_stream_local_and_s3_identical(ray_local, tmp_path, s3_bucket):
 def test_streaming_stats_match_in_memory(ray_local, tmp_path):
     uri = str(tmp_path / "ds")
     table = write(uri, n=500, rows_per_shard=100)
-    stats = data.compute_stats(data.read_dataset(uri))
+    stats = pipelines.compute_stats(pipelines.read_dataset(uri))
     ref = StatsAccumulator().update(table).finalize()
     assert stats.n_rows == 500
     np.testing.assert_allclose(stats.phot_mean, ref.phot_mean, rtol=1e-6)
@@ -133,27 +133,27 @@ def test_streaming_stats_match_in_memory(ray_local, tmp_path):
     for t in ("z", "log_mstar", "flux_halpha"):
         assert stats.target_mean[t] == pytest.approx(ref.target_mean[t], rel=1e-6)
     # persisted beside the data and read back
-    data.save_stats(stats, uri)
-    assert data.stats_for(uri).to_dict() == stats.to_dict()
+    pipelines.save_stats(stats, uri)
+    assert pipelines.stats_for(uri).to_dict() == stats.to_dict()
 
 
 def test_ray_split_partitions_every_row(ray_local, tmp_path):
     uri = str(tmp_path / "ds")
     write(uri, n=400)
-    parts = data.split(data.read_dataset(uri, columns=["objid"]))
+    parts = pipelines.split(pipelines.read_dataset(uri, columns=["objid"]))
     seen = {k: np.concatenate([b["objid"] for b in v.iter_batches(batch_format="numpy")])
             for k, v in parts.items()}
     allids = np.concatenate(list(seen.values()))
     assert len(allids) == 400 and len(np.unique(allids)) == 400
     for k, ids in seen.items():
-        assert (data.split_of(ids) == k).all()
+        assert (pipelines.split_of(ids) == k).all()
 
 
 def test_augment_keeps_rows_and_flux(ray_local, tmp_path):
     uri = str(tmp_path / "ds")
     write(uri, n=200)
-    ds = data.read_dataset(uri, columns=["objid", "cutout"])
-    a = {int(i): img for b in data.augment(ds, seed=1).iter_batches(batch_format="numpy")
+    ds = pipelines.read_dataset(uri, columns=["objid", "cutout"])
+    a = {int(i): img for b in pipelines.augment(ds, seed=1).iter_batches(batch_format="numpy")
          for i, img in zip(b["objid"], b["cutout"])}
     o = {int(i): img for b in ds.iter_batches(batch_format="numpy")
          for i, img in zip(b["objid"], b["cutout"])}
@@ -162,7 +162,7 @@ def test_augment_keeps_rows_and_flux(ray_local, tmp_path):
     assert changed > 100                       # ~7/8 of rows get a non-identity symmetry
     for i in o:
         assert np.isclose(a[i].sum(), o[i].sum(), rtol=1e-5)
-        assert any(np.array_equal(a[i], data.dihedral(o[i], k)) for k in range(8))
+        assert any(np.array_equal(a[i], pipelines.dihedral(o[i], k)) for k in range(8))
 
 
 def test_status_counts_flag_bad_rows(ray_local, tmp_path):
@@ -182,10 +182,10 @@ def test_status_counts_flag_bad_rows(ray_local, tmp_path):
     uri = str(tmp_path / "ds")
     with ShardWriter(uri, table.schema, rows_per_shard=40) as w:
         w.write(table)
-    counts = data.status_counts(data.read_dataset(uri), needs_image=True)
+    counts = pipelines.status_counts(pipelines.read_dataset(uri), needs_image=True)
     assert counts == {"ok": 92, "bad_photometry": 5, "missing_cutout": 3}
     assert sum(counts.values()) == 100
-    assert data.status_counts(data.read_dataset(uri), needs_image=False) == {
+    assert pipelines.status_counts(pipelines.read_dataset(uri), needs_image=False) == {
         "ok": 95, "bad_photometry": 5}
 
 
@@ -197,4 +197,4 @@ def test_missing_column_named(ray_local, tmp_path):
     with ShardWriter(uri, schema) as w:
         w.write(t)
     with pytest.raises(ValueError, match="missing required column.*mag_u"):
-        data.read_dataset(uri)
+        pipelines.read_dataset(uri)

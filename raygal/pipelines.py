@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import storage
-from .dataset import read_manifest, read_schema, shard_uris
-from .features import (STATUS_OK, NormStats, StatsAccumulator, as_numpy_batch, batch_size,
+from .shards import read_manifest, read_schema, shard_uris
+from .inputs import (STATUS_OK, NormStats, StatsAccumulator, as_numpy_batch, batch_size,
                        row_status)
 from .schema import CUTOUT_COLUMN, ID_COLUMN, TARGETS, cutout_shape_of, validate_schema
 
@@ -305,7 +305,7 @@ def write_split(uri: str, name: str, out_uri: str, fractions=DEFAULT_FRACTIONS,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .dataset import ShardWriter
+    from .shards import ShardWriter
 
     if name not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {name!r}")

@@ -171,7 +171,7 @@ def read_table(uri: str, columns: list[str] | None = None, max_rows: int | None 
     """Read a (small) dataset into one table, shard by shard, stopping after ``max_rows``.
 
     For tests, reports and small samples only: survey-scale code streams with Ray Data
-    (``raygal.data``)."""
+    (``raygal.pipelines``)."""
     tables, n = [], 0
     for s in shard_uris(uri):
         fs, path = storage.arrow_fs(s)
