@@ -129,7 +129,7 @@ def time_sampling(post, batch, n: int, repeats: int = 1) -> dict:
         cpu = min(cpu, time.process_time() - c0)
     count = len(next(iter(batch.values()))) * n
     return {"samples_per_s": count / wall, "samples_per_cpu_s": count / max(cpu, 1e-9),
-            "nfe": post.last_nfe}
+            "nfe": post.estimator.last_nfe}
 
 
 def _speedups(results: dict, threads: int) -> None:

@@ -69,15 +69,7 @@ class PosteriorPredictor:
 
 def set_solver(post, solver: str) -> None:
     """Choose the ODE solver of a CFM (or of every CFM member of an ensemble)."""
-    members = getattr(post, "members", None)
-    targets = list(members) if members is not None else [post]
-    done = False
-    for m in targets:
-        if hasattr(m, "solver"):
-            m.solver = solver          # validated by the model (an unknown name raises)
-            done = True
-    if not done:
-        raise ValueError(f"--solver {solver!r}: this model ({post.kind}) has no ODE solver")
+    post.set_solver(solver)          # validated by the model (an unknown name raises)
 
 
 def check_compatible(model_uri: str, data_uri: str) -> dict:

@@ -94,12 +94,13 @@ def cutout_array(batch: dict) -> np.ndarray | None:
                      np.asarray(x, np.float32) for x in c])
 
 
-def row_status(batch: dict, needs_image: bool) -> np.ndarray:
+def row_status(batch: dict, needs_image: bool, needs_phot: bool = True) -> np.ndarray:
     """Per-row input status: 'ok', or why the row cannot be given a posterior."""
     n = batch_size(batch)
     status = np.full(n, STATUS_OK, dtype=object)
-    bad_phot = ~np.isfinite(phot_matrix(batch)).all(axis=1)
-    status[bad_phot] = STATUS_BAD_PHOT
+    if needs_phot:
+        bad_phot = ~np.isfinite(phot_matrix(batch)).all(axis=1)
+        status[bad_phot] = STATUS_BAD_PHOT
     if needs_image:
         img = cutout_array(batch)
         if img is None:
@@ -138,11 +139,12 @@ def target_matrix(batch: dict, targets) -> np.ndarray:
     return np.stack(cols, axis=1) if cols else np.zeros((batch_size(batch), 0))
 
 
-def check_training_batch(batch: dict, targets, needs_image: bool) -> None:
+def check_training_batch(batch: dict, targets, needs_image: bool, needs_phot: bool = True
+                         ) -> None:
     """Raise a ValueError naming the column when training data is unusable: non-finite
     photometry, a blank/NaN cutout, or a target outside its transform's domain."""
     ids = np.asarray(batch.get(ID_COLUMN, np.arange(batch_size(batch))))
-    phot = phot_matrix(batch)
+    phot = phot_matrix(batch) if needs_phot else np.zeros((batch_size(batch), 0))
     bad = ~np.isfinite(phot).all(axis=1)
     if bad.any():
         col = [c for c, m in zip(PHOT_FEATURES, (~np.isfinite(phot)).any(axis=0)) if m]
@@ -279,3 +281,131 @@ class StatsAccumulator:
         if self.c is not None:
             scale = [float(max(np.sqrt(ss / cnt), 1e-12)) for cnt, ss in self.c.T]
         return NormStats(list(pm), list(ps), tm, ts, tc, scale, int(self.n))
+
+
+# ----------------------------------------------------------------------------------------------
+# The adapter from rows to network inputs
+# ----------------------------------------------------------------------------------------------
+
+#: What a model sees: cutouts and photometry, photometry only, or cutouts only.
+INPUT_KINDS = ("image+phot", "phot", "image")
+
+
+class ModelInputs:
+    """The one adapter from galaxy rows to the float32 arrays the estimators take.
+
+    Args:
+        kind: 'image+phot', 'phot' or 'image' (``INPUT_KINDS``).
+        stats: normalisation statistics of the training data.
+        targets: the model's targets, in order (for ``theta`` and ``prepare``).
+        image_shape: [C, H, W] the model was trained on; other shapes are refused.
+        features_column: a column of precomputed image features (e.g. the frozen VAE's
+            ``vae_features``) that stands in for the cutout when a batch has it.
+        feature_dim: the width F that column must have.
+
+    ``arrays(batch)`` gives, for the rows asked for:
+
+    - ``phot`` [B, 5]: standardised colours and r magnitude (kinds with photometry);
+    - ``image`` [B, C, H, W]: asinh-stretched cutouts, or ``features`` [B, F] when the batch
+      carries ``features_column`` (kinds with images).
+
+    ``prepare(batch)`` adds ``theta`` [B, D] (standardised model-space targets, NaN where
+    missing) and ``objid``: it is what a Ray Data ``map_batches`` runs before the trainer, so
+    CPU preprocessing overlaps training. ``status(batch)`` says per row whether a posterior
+    can be computed ('ok') or why not.
+
+    >>> stats = NormStats(target_mean={"z": 0.1}, target_std={"z": 0.05})
+    >>> rows = {f"mag_{b}": np.array([19.0, np.nan]) for b in "ugriz"} | {"z": np.array([0.2, 0.1])}
+    >>> inputs = ModelInputs("phot", stats, ["z"])
+    >>> list(inputs.status(rows))
+    ['ok', 'bad_photometry']
+    >>> inputs.arrays(rows, rows=np.array([0]))["phot"].shape
+    (1, 5)
+    """
+
+    def __init__(self, kind: str, stats: NormStats, targets=(), image_shape=None,
+                 features_column: str | None = None, feature_dim: int | None = None):
+        if kind not in INPUT_KINDS:
+            raise ValueError(f"inputs must be one of {INPUT_KINDS}, not {kind!r}")
+        self.kind = kind
+        self.stats = stats
+        self.targets = tuple(targets)
+        self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
+        self.features_column = features_column
+        self.feature_dim = feature_dim
+
+    @property
+    def uses_phot(self) -> bool:
+        return self.kind != "image"
+
+    @property
+    def uses_image(self) -> bool:
+        return self.kind != "phot"
+
+    def _has_features(self, b: dict) -> bool:
+        return self.uses_image and bool(self.features_column) and self.features_column in b
+
+    def _features(self, b: dict) -> np.ndarray:
+        f = b[self.features_column]
+        if getattr(f, "dtype", None) == object:
+            f = np.stack([np.asarray(v, np.float32) for v in f])
+        f = np.asarray(f, np.float32)
+        if f.ndim != 2 or (self.feature_dim and f.shape[1] != self.feature_dim):
+            raise ValueError(f"column '{self.features_column}' must be "
+                             f"[B, {self.feature_dim or 'F'}], got {list(f.shape)}")
+        return f
+
+    def status(self, batch) -> np.ndarray:
+        """[B] 'ok', or why the row cannot be given a posterior (``STATUS_*``)."""
+        b = as_numpy_batch(batch)
+        uses_features = self._has_features(b)
+        status = row_status(b, self.uses_image and not uses_features, self.uses_phot)
+        if uses_features:
+            feats = self._features(b)
+            bad = ~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)
+            status[bad & (status == STATUS_OK)] = STATUS_BAD_CUTOUT
+        return status
+
+    def arrays(self, batch, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Network inputs of ``rows`` (default: all) of a batch: ``phot``, ``image`` or
+        ``features`` (see the class docstring)."""
+        b = as_numpy_batch(batch)
+        rows = np.arange(batch_size(b)) if rows is None else rows
+        out = {}
+        if self.uses_phot:
+            out["phot"] = self.stats.norm_phot(phot_matrix(b)[rows])
+        if self._has_features(b):
+            out["features"] = np.ascontiguousarray(self._features(b)[rows])
+        elif self.uses_image:
+            img = cutout_array(b)
+            if img is None:
+                raise ValueError(f"this model uses images but the batch has no "
+                                 f"'{CUTOUT_COLUMN}' column")
+            if self.image_shape is not None and tuple(img.shape[1:]) != self.image_shape:
+                raise ValueError(f"cutouts of shape {tuple(img.shape[1:])} do not fit this "
+                                 f"model, trained on {self.image_shape}")
+            out["image"] = self.stats.norm_cutout(img[rows])
+        return out
+
+    def theta(self, batch) -> np.ndarray:
+        """[B, D] standardised model-space targets; NaN where missing."""
+        b = as_numpy_batch(batch)
+        if not self.targets:
+            return np.zeros((batch_size(b), 0), np.float32)
+        return self.stats.standardise(target_matrix(b, self.targets), self.targets)
+
+    def prepare(self, batch) -> dict[str, np.ndarray]:
+        """Training inputs of every row: ``arrays`` plus ``theta`` and ``objid``.
+
+        Raises a ValueError naming the column for unusable training data."""
+        b = as_numpy_batch(batch)
+        check_training_batch(b, self.targets, self.uses_image and not self._has_features(b),
+                             self.uses_phot)
+        out = self.arrays(b)
+        out["theta"] = self.theta(b)
+        out["objid"] = np.asarray(b.get(ID_COLUMN, np.arange(batch_size(b))), np.int64)
+        return out
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        """``prepare``: lets a ``ModelInputs`` be a Ray Data ``map_batches`` function."""
+        return self.prepare(batch)

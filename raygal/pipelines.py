@@ -238,23 +238,29 @@ def random_dihedral(images, rng: np.random.Generator):
 
 
 class _Augment:
-    def __init__(self, seed):
-        self.seed = seed
+    def __init__(self, seed, column):
+        self.seed, self.column = seed, column
 
     def __call__(self, batch):
-        if CUTOUT_COLUMN not in batch:
+        if self.column not in batch:
             return batch
-        ids = np.asarray(batch[ID_COLUMN], np.int64)
-        # Seeded by the batch's ids, so a re-run augments the same rows the same way.
-        rng = np.random.default_rng([self.seed, int(ids.sum() & 0x7FFFFFFF), len(ids)])
+        if self.seed is None:
+            rng = np.random.default_rng()
+        else:
+            # Seeded by the batch's ids, so a re-run augments the same rows the same way.
+            ids = np.asarray(batch[ID_COLUMN], np.int64)
+            rng = np.random.default_rng([self.seed, int(ids.sum() & 0x7FFFFFFF), len(ids)])
         batch = dict(batch)
-        batch[CUTOUT_COLUMN] = np.ascontiguousarray(random_dihedral(batch[CUTOUT_COLUMN], rng))
+        batch[self.column] = np.ascontiguousarray(random_dihedral(batch[self.column], rng))
         return batch
 
 
-def augment(ds, seed: int = 0):
-    """Randomly rotate/flip each cutout (one of the 8 symmetries of the square)."""
-    return ds.map_batches(_Augment(seed), batch_format="numpy")
+def augment(ds, seed: int | None = 0, column: str = CUTOUT_COLUMN):
+    """Randomly rotate/flip each image of ``column`` (one of the 8 symmetries of the square).
+
+    With an integer ``seed`` every pass draws the same symmetries for the same rows; with
+    ``seed=None`` every pass draws new ones (training: new augmentations each epoch)."""
+    return ds.map_batches(_Augment(seed, column), batch_format="numpy")
 
 
 # ----------------------------------------------------------------------------------------------

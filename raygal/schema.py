@@ -74,53 +74,122 @@ class Flag(enum.IntFlag):
 # Targets
 # ----------------------------------------------------------------------------------------------
 
+class Transform:
+    """A bijection from catalog values x to the space the models work in, y = forward(x).
+
+    Like ``torch.distributions.Transform`` (and zuko's transforms) it carries its own inverse
+    and log-Jacobian, so no caller needs to know which transform a target has; unlike them it
+    also works on numpy arrays, which ingest and the data pipelines use.
+
+    >>> LOG10.inverse(LOG10.forward(np.array([100.0])))
+    array([100.])
+    >>> float(LOG1P.log_abs_det_jacobian(np.array(0.0)))     # d log1p(x) / dx = 1 at 0
+    0.0
+    """
+
+    name = "identity"
+
+    def forward(self, x):
+        return x
+
+    def inverse(self, y):
+        return y
+
+    def log_abs_det_jacobian(self, x):
+        """log |dy/dx| at catalog values ``x`` (elementwise)."""
+        return x * 0.0
+
+    def in_domain(self, x) -> np.ndarray:
+        """Boolean mask of values the transform accepts (nulls/NaN are False)."""
+        return np.isfinite(np.asarray(x, dtype=np.float64))
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Transform({self.name!r})"
+
+
+class _Log10(Transform):
+    name = "log10"
+
+    def forward(self, x):
+        return _xp(x).log10(x)
+
+    def inverse(self, y):
+        return 10.0 ** y
+
+    def log_abs_det_jacobian(self, x):
+        return -_xp(x).log(x * np.log(10.0))
+
+    def in_domain(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(x) & (x > 0)
+
+
+class _Log1p(Transform):
+    """log(1 + x): for emission-line fluxes, which can be zero (or slightly negative)."""
+
+    name = "log1p"
+
+    def forward(self, x):
+        return _xp(x).log1p(x)
+
+    def inverse(self, y):
+        return _xp(y).expm1(y)
+
+    def log_abs_det_jacobian(self, x):
+        return -_xp(x).log1p(x)
+
+    def in_domain(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(x) & (x > -1)
+
+
+IDENTITY, LOG10, LOG1P = Transform(), _Log10(), _Log1p()
+TRANSFORMS = {t.name: t for t in (IDENTITY, LOG10, LOG1P)}
+
+
+def _xp(x):
+    """The array module of ``x``: torch for tensors, numpy otherwise."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
+
+
 @dataclass(frozen=True)
 class Target:
     """A physical quantity raygal infers.
 
-    ``transform`` maps the catalog value to the space the models work in (before
-    standardisation): ``identity``, ``log10`` (domain x > 0) or ``log1p`` (domain x > -1, used
-    for emission-line fluxes, which can be zero). ``lo``/``hi`` bound physically sensible values;
-    ingest nulls and flags values outside them.
+    ``transform`` (a ``Transform``) maps the catalog value to the space the models work in
+    (before standardisation): ``IDENTITY``, ``LOG10`` (domain x > 0) or ``LOG1P`` (domain
+    x > -1, used for emission-line fluxes, which can be zero). ``lo``/``hi`` bound physically
+    sensible values; ingest nulls and flags values outside them.
     """
 
     name: str
     unit: str
     description: str
-    transform: str = "identity"
+    transform: Transform = IDENTITY
     lo: float = -np.inf
     hi: float = np.inf
     latex: str = ""
 
     def forward(self, x):
         """Catalog value -> model space. Works on numpy arrays and torch tensors."""
-        if self.transform == "identity":
-            return x
-        if self.transform == "log10":
-            return _log10(x)
-        if self.transform == "log1p":
-            return _log1p(x)
-        raise ValueError(f"unknown transform {self.transform!r} for target {self.name}")
+        return self.transform.forward(x)
 
     def inverse(self, y):
         """Model space -> catalog value."""
-        if self.transform == "identity":
-            return y
-        if self.transform == "log10":
-            return 10.0 ** y
-        if self.transform == "log1p":
-            return _expm1(y)
-        raise ValueError(f"unknown transform {self.transform!r} for target {self.name}")
+        return self.transform.inverse(y)
 
     def in_domain(self, x) -> np.ndarray:
         """Boolean mask of values the transform accepts (nulls/NaN are False)."""
-        x = np.asarray(x, dtype=np.float64)
-        ok = np.isfinite(x)
-        if self.transform == "log10":
-            ok &= x > 0
-        elif self.transform == "log1p":
-            ok &= x > -1
-        return ok
+        return self.transform.in_domain(x)
 
     def in_range(self, x) -> np.ndarray:
         """Boolean mask of values inside [lo, hi] (and finite)."""
@@ -129,65 +198,32 @@ class Target:
             return np.isfinite(x) & (x >= self.lo) & (x <= self.hi)
 
 
-def _log10(x):
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            return torch.log10(x)
-    except ImportError:  # pragma: no cover
-        pass
-    return np.log10(x)
-
-
-def _log1p(x):
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            return torch.log1p(x)
-    except ImportError:  # pragma: no cover
-        pass
-    return np.log1p(x)
-
-
-def _expm1(x):
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            return torch.expm1(x)
-    except ImportError:  # pragma: no cover
-        pass
-    return np.expm1(x)
-
-
 LINE_FLUX_UNIT = "1e-17 erg/s/cm^2"
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("z", "", "spectroscopic redshift", "identity", 0.0, 7.0, r"$z$"),
-        Target("log_mstar", "dex(Msun)", "log10 stellar mass", "identity", 5.0, 13.0,
+        Target("z", "", "spectroscopic redshift", IDENTITY, 0.0, 7.0, r"$z$"),
+        Target("log_mstar", "dex(Msun)", "log10 stellar mass", IDENTITY, 5.0, 13.0,
                r"$\log M_\star$"),
-        Target("log_sfr", "dex(Msun/yr)", "log10 star-formation rate", "identity", -6.0, 4.0,
+        Target("log_sfr", "dex(Msun/yr)", "log10 star-formation rate", IDENTITY, -6.0, 4.0,
                r"$\log\,\mathrm{SFR}$"),
-        Target("oh12", "dex", "gas-phase metallicity 12+log(O/H)", "identity", 7.0, 9.8,
+        Target("oh12", "dex", "gas-phase metallicity 12+log(O/H)", IDENTITY, 7.0, 9.8,
                r"$12+\log(\mathrm{O/H})$"),
-        Target("log_mbh", "dex(Msun)", "log10 black-hole mass (M-sigma)", "identity", 3.0, 11.5,
+        Target("log_mbh", "dex(Msun)", "log10 black-hole mass (M-sigma)", IDENTITY, 3.0, 11.5,
                r"$\log M_\mathrm{BH}$"),
-        Target("sigma_v", "km/s", "stellar velocity dispersion", "log10", 1.0, 1000.0,
+        Target("sigma_v", "km/s", "stellar velocity dispersion", LOG10, 1.0, 1000.0,
                r"$\sigma_v$"),
-        Target("dn4000", "", "4000 A break strength Dn(4000)", "identity", 0.5, 3.0,
+        Target("dn4000", "", "4000 A break strength Dn(4000)", IDENTITY, 0.5, 3.0,
                r"$D_n(4000)$"),
-        Target("av", "mag", "internal dust attenuation A_V", "identity", 0.0, 6.0, r"$A_V$"),
-        Target("flux_halpha", LINE_FLUX_UNIT, "H-alpha 6563 line flux", "log1p", -1.0 + 1e-6,
+        Target("av", "mag", "internal dust attenuation A_V", IDENTITY, 0.0, 6.0, r"$A_V$"),
+        Target("flux_halpha", LINE_FLUX_UNIT, "H-alpha 6563 line flux", LOG1P, -1.0 + 1e-6,
                1e6, r"$F(\mathrm{H}\alpha)$"),
-        Target("flux_hbeta", LINE_FLUX_UNIT, "H-beta 4861 line flux", "log1p", -1.0 + 1e-6,
+        Target("flux_hbeta", LINE_FLUX_UNIT, "H-beta 4861 line flux", LOG1P, -1.0 + 1e-6,
                1e6, r"$F(\mathrm{H}\beta)$"),
-        Target("flux_nii", LINE_FLUX_UNIT, "[N II] 6584 line flux", "log1p", -1.0 + 1e-6,
+        Target("flux_nii", LINE_FLUX_UNIT, "[N II] 6584 line flux", LOG1P, -1.0 + 1e-6,
                1e6, r"$F([\mathrm{N\,II}])$"),
-        Target("flux_oiii", LINE_FLUX_UNIT, "[O III] 5007 line flux", "log1p", -1.0 + 1e-6,
+        Target("flux_oiii", LINE_FLUX_UNIT, "[O III] 5007 line flux", LOG1P, -1.0 + 1e-6,
                1e6, r"$F([\mathrm{O\,III}])$"),
     )
 }

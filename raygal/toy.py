@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .schema import MAG_COLUMNS, get_target
+from .schema import IDENTITY, MAG_COLUMNS, get_target
 
 DEFAULT_TARGETS = ("log_mstar", "log_sfr")
 _PRIOR_MEAN = {"log_mstar": 10.0, "log_sfr": 0.0, "z": 0.1, "oh12": 8.8, "dn4000": 1.5,
@@ -61,7 +61,7 @@ def linear_gaussian(targets=DEFAULT_TARGETS, noise: float = 0.5, seed: int = 0
     """A conditional linear-Gaussian problem over identity-transform ``targets``."""
     targets = tuple(targets)
     for t in targets:
-        if get_target(t).transform != "identity":
+        if get_target(t).transform is not IDENTITY:
             raise ValueError(f"linear_gaussian needs identity-transform targets, not {t}")
     rng = np.random.default_rng(1000 + seed)
     mu0 = np.array([_PRIOR_MEAN.get(t, 0.0) for t in targets])

@@ -239,7 +239,7 @@ def test_image_encoded_once_per_object():
     post = FlowMatchingPosterior(targets, "image+phot", make_stats(targets, True),
                                  dict(SMALL, solver="rk4-10"))
     calls = []
-    post.encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    post.estimator.encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
     batch = make_batch(3, targets, size=32)
     post.sample(batch, 50, seed=0)
     assert calls == [3]
@@ -256,11 +256,11 @@ def test_with_solver_and_attribute():
     with post.with_solver("euler-5", rtol=1e-3):
         assert post.solver == "euler-5" and post.config["rtol"] == 1e-3
         post.sample(batch, 4, seed=0)
-        assert post.last_nfe == 5
+        assert post.estimator.last_nfe == 5
     assert post.solver == "rk4-100" and post.config["rtol"] == 1e-5
     post.solver = "midpoint-3"
     post.sample(batch, 4, seed=0)
-    assert post.last_nfe == 6
+    assert post.estimator.last_nfe == 6
     with pytest.raises(ValueError, match="unknown ODE solver"):
         post.solver = "rk4"
     with pytest.raises(ValueError, match="unknown ODE solver"):
@@ -287,7 +287,7 @@ def test_log_prob_normalised_2d():
     post = FlowMatchingPosterior(targets, "phot", make_stats(targets),
                                  {"hidden": 32, "solver": "rk4-20"})
     with torch.no_grad():
-        post.velocity.body[-1].weight.mul_(8.0)
+        post.estimator.velocity.body[-1].weight.mul_(8.0)
     g = np.linspace(-7, 7, 201)
     xx, yy = np.meshgrid(g, g, indexing="ij")
     theta = np.stack([xx.ravel(), yy.ravel()], 1)

@@ -89,9 +89,9 @@ def test_sample_shapes_and_spaces(ensemble, batch, B, n):
     s = ensemble.sample(b, n, seed=0)
     assert s.shape == (B, n, 3) and torch.isfinite(s).all()
     m = ensemble.sample(b, n, space="model", seed=0)
-    assert torch.allclose(ensemble.to_physical(m), s)
+    assert torch.allclose(ensemble.space.from_model(m, "physical"), s)
     z = ensemble.sample(b, n, space="standardised", seed=0)
-    assert torch.allclose(ensemble.to_model_space(z), m, atol=1e-5)
+    assert torch.allclose(ensemble.space.to_model(z, "standardised")[0], m, atol=1e-5)
     assert torch.equal(ensemble.sample(b, n, seed=0), s)
 
 
@@ -118,9 +118,9 @@ def test_log_prob_is_the_mixture(ensemble, batch, space):
     lp = ensemble.log_prob(theta, batch, space=space)
     assert lp.shape == (5,) and torch.isfinite(lp).all()
     if space == "standardised":
-        th = ensemble.to_model_space(theta)
+        th = ensemble.space.to_model(theta, "standardised")[0]
         member = torch.stack([m.log_prob(th, batch, space="model") for m in ensemble.members])
-        ref = torch.logsumexp(member, 0) - math.log(3) + torch.log(ensemble._t_std).sum()
+        ref = torch.logsumexp(member, 0) - math.log(3) + torch.log(ensemble.space.std).sum()
     else:
         member = torch.stack([m.log_prob(theta, batch, space=space)
                               for m in ensemble.members])
@@ -129,7 +129,7 @@ def test_log_prob_is_the_mixture(ensemble, batch, space):
     # direct check of the formula in float64 for one row
     p = np.exp(member[:, 0].double().numpy()).mean()
     assert float(lp[0]) == pytest.approx(math.log(p) + (float(torch.log(
-        ensemble._t_std).sum()) if space == "standardised" else 0.0), abs=1e-4)
+        ensemble.space.std).sum()) if space == "standardised" else 0.0), abs=1e-4)
 
 
 def test_summary_columns(ensemble, batch):

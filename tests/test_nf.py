@@ -105,7 +105,7 @@ def test_targets_are_split_and_ordered(stats):
     assert m.config["line_targets"] == ["flux_hbeta", "flux_halpha"]
     # metallicity=False puts oh12 into the joint core flow
     m2 = FlowPosterior(("z", "oh12"), "phot", stats, {**SMALL, "metallicity": False})
-    assert m2.core_targets == ("z", "oh12") and not m2.metallicity
+    assert m2.estimator.core_targets == ("z", "oh12") and not m2.estimator.metallicity
     assert m2.extra_summary_columns() == ()
     # the paper's nine targets by default
     assert split_targets(None) == (CORE, True, NF_LINE_TARGETS)
@@ -148,9 +148,9 @@ def test_default_architecture(image_batch, stats):
     c = m.config
     assert (c["coupling_layers"], c["hidden"], c["representation"]) == (12, 256, 256)
     assert c["line_coupling_layers"] == 12 and c["image_shape"] == [3, 64, 64]
-    assert m.encoder.out_features == 64 and len(m.targets) == 9
+    assert m.estimator.encoder.out_features == 64 and len(m.targets) == 9
     n_coupling = sum(type(t).__name__ == "AffineCoupling"
-                     for t in m.core_flow.transform._transforms)
+                     for t in m.estimator.core_flow.transform._transforms)
     assert n_coupling == 12
     assert m.sample(image_batch, 3, seed=0).shape == (6, 3, 9)
 
@@ -207,7 +207,7 @@ def _grid_mass(m: FlowPosterior, batch: dict, D: int, half: float, n: int) -> fl
         z = torch.cartesian_prod(g, g)
     ctx_rep = ctx.index(np.zeros(len(z), dtype=int))
     with torch.no_grad():
-        p = m._log_prob_std(z, ctx_rep).exp().reshape((n,) * D)
+        p = m.estimator.log_prob(z, ctx_rep).exp().reshape((n,) * D)
     for _ in range(D):
         p = torch.trapezoid(p, g, dim=0)
     return float(p)
@@ -348,25 +348,25 @@ def test_from_vae_freezes_the_encoder(image_batch, stats):
     m = FlowPosterior.from_vae(vae, TARGET_SETS["core+oh12"], "image+phot", stats,
                                {k: v for k, v in SMALL.items() if k != "vae"})
     for (k1, v1), (k2, v2) in zip(vae.encoder.state_dict().items(),
-                                  m.encoder.state_dict().items()):
+                                  m.estimator.encoder.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
-    assert not any(p.requires_grad for p in m.encoder.parameters())
-    n_enc = sum(p.numel() for p in m.encoder.parameters())
+    assert not any(p.requires_grad for p in m.estimator.encoder.parameters())
+    n_enc = sum(p.numel() for p in m.estimator.encoder.parameters())
     assert sum(p.numel() for p in m.trainable_parameters()) == \
         sum(p.numel() for p in m.parameters()) - n_enc
     m.train()
-    assert not m.encoder.training
+    assert not m.estimator.encoder.training
     m.loss(image_batch)["loss"].backward()
-    assert all(p.grad is None for p in m.encoder.parameters())
+    assert all(p.grad is None for p in m.estimator.encoder.parameters())
     # photometry-only: no VAE needed
-    assert not hasattr(FlowPosterior.from_vae(None, ("z",), "phot", stats, SMALL), "encoder")
+    assert not hasattr(FlowPosterior.from_vae(None, ("z",), "phot", stats, SMALL).estimator, "encoder")
 
 
 def test_precomputed_vae_features_match_the_encoder(image_batch, stats):
     torch.manual_seed(0)
     m = perturb_(FlowPosterior(TARGET_SETS["core+oh12"], "image+phot", stats, SMALL))
     img = torch.from_numpy(stats.norm_cutout(image_batch["cutout"]))
-    feats = m.image_features(img).numpy()
+    feats = m.estimator.image_features(img).numpy()
     assert feats.shape == (6, 64)
     ref = m.sample(image_batch, 20, seed=5)
     with_cols = dict(image_batch, vae_features=feats)

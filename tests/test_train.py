@@ -94,8 +94,8 @@ def test_vae_then_image_nf_on_stored_features(ray_local, mock, tmp_path):
 def test_worker_death_resumes_from_checkpoint(ray_local, mock, tmp_path):
     cfg = TrainConfig(model="gaussian", data=mock, out=str(tmp_path / "ft"), inputs="phot",
                       targets=("log_mstar",), epochs=4, workers=2, batch_size=64,
-                      max_failures=1, fail_at_epoch=2)
-    s = fit(cfg)
+                      max_failures=1)
+    s = fit(cfg, fail_at_epoch=2)
     h = s["history"]
     assert [e["epoch"] for e in h] == [0, 1, 2, 3]           # every epoch once, finished
     # the restarted group resumed from the checkpoint of epoch 1: at most one epoch redone

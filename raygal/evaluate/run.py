@@ -132,7 +132,7 @@ def information_and_calibration(model_uri: str, data: str, td: dict, cd: dict, t
     from ..models import load_posterior
 
     post = load_posterior(model_uri)
-    if solver and hasattr(post, "solver"):   # only ODE models have one
+    if solver and post.solver is not None:   # only ODE models have one
         set_solver(post, solver)
     y = np.stack([td[t] for t in targets], 1)
     ok = (np.asarray(cd["status"]).astype(str) == "ok") & np.isfinite(y).all(1)

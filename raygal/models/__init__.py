@@ -4,26 +4,19 @@
 - ``FlowPosterior`` ('nf'): VAE features + two-branch conditional RealNVP (Siddiga et al.);
 - ``FlowMatchingPosterior`` ('cfm'): conditional flow matching with an image encoder
   (Yunus et al.);
-- ``EnsemblePosterior`` ('ensemble'): a mixture of K independently seeded members.
+- ``EnsemblePosterior`` ('ensemble'): a mixture of K independently seeded members;
+- ``VAEModel`` ('vae'): the image autoencoder whose frozen encoder the NF uses.
+
+Each is an estimator (``raygal.models.estimator``: pure torch) composed with the inputs
+adapter (``raygal.inputs.ModelInputs``) by ``NeuralPosterior``. The kinds are listed once, in
+``raygal.models.registry``.
 """
-import importlib
+from .estimator import ConditionalEstimator, Context, ContextSpec
+from .posterior import (QUANTILE_NAMES, QUANTILES, NeuralPosterior, Posterior, SavedModel,
+                        TargetSpace, load_model, load_posterior, read_model_description)
+from .registry import POSTERIOR_KINDS, TRAINABLE_KINDS, model_class, model_kinds
 
-from .posterior import (QUANTILE_NAMES, QUANTILES, Context, Posterior, _REGISTRY,
-                        load_posterior, read_model_description, register)
-
-_MODULES = ("baseline", "nf", "cfm", "ensemble")
-
-
-def available_kinds() -> list[str]:
-    """Import every model module (so each registers its kind) and list the kinds."""
-    for m in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{m}")
-        except ModuleNotFoundError as exc:  # a module not written yet
-            if exc.name != f"{__name__}.{m}":
-                raise
-    return sorted(_REGISTRY)
-
-
-__all__ = ["Posterior", "Context", "register", "load_posterior", "read_model_description",
-           "available_kinds", "QUANTILES", "QUANTILE_NAMES"]
+__all__ = ["Posterior", "NeuralPosterior", "SavedModel", "ConditionalEstimator", "Context",
+           "ContextSpec", "TargetSpace", "load_posterior", "load_model",
+           "read_model_description", "model_class", "model_kinds", "TRAINABLE_KINDS",
+           "POSTERIOR_KINDS", "QUANTILES", "QUANTILE_NAMES"]

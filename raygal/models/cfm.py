@@ -22,18 +22,17 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from ..inputs import N_PHOT, as_numpy_batch
 from ..schema import CFM_TARGETS
 from .encoders import ConvEncoder
+from .estimator import ConditionalEstimator, Context
 from .nets import MLP, masked_mean
-from .posterior import Context, Posterior, register
+from .posterior import NeuralPosterior
 
 #: torchdiffeq's fixed-grid methods (velocity evaluations per step) ...
 FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
@@ -130,54 +129,64 @@ class VelocityField(nn.Module):
         return self.body(self.act(h))
 
 
-@register
-class FlowMatchingPosterior(Posterior):
-    """q(theta | image, photometry) by conditional flow matching (Yunus et al. 2025).
+class ProbabilityPath:
+    """The conditional probability path of flow matching with a constant width ``sigma``
+    (Tong et al. 2024, arXiv:2302.00482, "CFM"; torchcfm's ``ConditionalFlowMatcher``)::
 
-    theta are the standardised targets (``targets=None`` means ``raygal.schema.CFM_TARGETS``:
-    log M*, log SFR, 12+log(O/H), Dn(4000), A_V; any D >= 1 works). The model is of the *joint*
-    posterior: training rows missing any target are left out of the loss (the path needs a
-    complete theta_1), so train on rows where all targets are measured, or choose targets
-    accordingly.
+        t ~ U(0, 1),  theta_0, eps ~ N(0, I)
+        theta_t = (1 - t) theta_0 + t theta_1 + sigma eps,    u_t = theta_1 - theta_0
+
+    >>> path = ProbabilityPath(sigma=0.0)
+    >>> theta1 = torch.ones(4, 2)
+    >>> t, theta_t, u = path.sample(theta1, torch.Generator().manual_seed(0))
+    >>> torch.allclose(theta_t, theta1 - (1 - t) * u)      # straight lines to the data
+    True
+    """
+
+    def __init__(self, sigma: float = 0.05):
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, not {sigma}")
+        self.sigma = float(sigma)
+
+    def sample(self, theta1: torch.Tensor, generator: torch.Generator | None = None):
+        """(t [B, 1], theta_t [B, D], target velocity u_t [B, D]) for data ``theta1`` [B, D];
+        ``generator`` fixes every draw (validation)."""
+        kw = dict(generator=generator, device=theta1.device, dtype=theta1.dtype)
+        theta0 = torch.randn(theta1.shape, **kw)
+        t = torch.rand((theta1.shape[0], 1), **kw)
+        eps = torch.randn(theta1.shape, **kw)
+        return t, (1 - t) * theta0 + t * theta1 + self.sigma * eps, theta1 - theta0
+
+
+class FlowMatchingEstimator(ConditionalEstimator):
+    """q(theta | image, photometry) by conditional flow matching (Yunus et al. 2025), in
+    standardised target space.
 
     Config (defaults):
 
     - ``hidden`` (256), ``layers`` (3): the velocity MLP on [t; theta; f_img; f_phot] (SiLU);
     - ``sigma`` (0.05): width of the probability path, in standardised units;
-    - ``solver`` ('rk4-100'): ODE solver for ``sample`` and ``log_prob`` (``Solver``), also
-      settable after loading: ``post.solver = 'rk4-10'`` or ``with post.with_solver(...)``;
+    - ``solver`` ('rk4-100'): ODE solver for ``sample`` and ``log_prob`` (``Solver``);
     - ``rtol`` (1e-5), ``atol`` (1e-5): tolerances of adaptive solvers (``dopri5``);
-    - ``image_features`` (256), ``encoder_width`` (32): the ``ConvEncoder`` (image+phot only);
+    - ``image_features`` (256), ``encoder_width`` (32): the ``ConvEncoder`` (image inputs);
     - ``phot_embed`` (0): 0 feeds the 5 standardised photometric features to the velocity MLP
       as they are; k > 0 embeds them first with a 2-layer MLP of width k;
-    - ``image_shape`` (None): [C, H, W] of the training cutouts; when set, inference rejects
-      other shapes. C defaults to 3 (gri).
+    - ``image_shape`` (None): [C, H, W] of the training cutouts. C defaults to 3 (gri).
 
-    Each object's image is encoded once and its context broadcast to its n trajectories; rows
-    x samples per solve are bounded by ``max_trajectories``.
-
-    >>> import numpy as np
-    >>> from raygal.inputs import NormStats
-    >>> stats = NormStats(target_mean={"log_mstar": 10.0}, target_std={"log_mstar": 0.5})
-    >>> post = FlowMatchingPosterior(["log_mstar"], "phot", stats,
-    ...                              {"hidden": 32, "solver": "rk4-10"})
-    >>> batch = {f"mag_{b}": np.full(2, 18.0, np.float32) for b in "ugriz"}
-    >>> post.sample(batch, 100, seed=0).shape
-    torch.Size([2, 100, 1])
-    >>> post.log_prob(np.full((2, 1), 10.0), batch).shape
-    torch.Size([2])
+    The model is of the *joint* posterior: training rows missing any target are left out of
+    the loss (the path needs a complete theta_1). Each object's context is computed once and
+    broadcast to its n trajectories (``VelocityField.context_bias``).
     """
 
-    kind = "cfm"
     #: rows x samples per ODE solve. Measured on 2 CPU cores: ~8k trajectories run 1.2-3x
-    #: faster than the base class's 131k, whose 100 MB activations are re-allocated (and
-    #: page-faulted) at every velocity evaluation.
+    #: faster than 131k, whose 100 MB activations are re-allocated (and page-faulted) at
+    #: every velocity evaluation.
     max_trajectories: int = 1 << 13
     #: rows per ``log_prob`` solve (each carries D autograd passes per velocity evaluation).
     max_log_prob_rows: int = 1 << 14
 
-    def __init__(self, targets, inputs, stats, config=None):
-        super().__init__(CFM_TARGETS if targets is None else targets, inputs, stats, config)
+    def __init__(self, targets, spec, config=None):
+        super().__init__(targets, spec, config)
         c = self.config
         c.setdefault("hidden", 256)
         c.setdefault("layers", 3)
@@ -188,21 +197,19 @@ class FlowMatchingPosterior(Posterior):
         c.setdefault("phot_embed", 0)
         c.setdefault("image_shape", None)
         c["solver"] = str(Solver.parse(c["solver"]))
-        if c["sigma"] < 0:
-            raise ValueError(f"sigma must be >= 0, not {c['sigma']}")
+        self.path = ProbabilityPath(c["sigma"])
         n_ctx = 0
-        if self.uses_image:
+        if spec.image_shape is not None:
             c.setdefault("image_features", 256)
             c.setdefault("encoder_width", 32)
-            shape = c["image_shape"]
-            self.encoder = ConvEncoder(shape[0] if shape else 3, c["image_features"],
+            self.encoder = ConvEncoder(spec.image_shape[0], c["image_features"],
                                        c["encoder_width"])
             n_ctx += c["image_features"]
-        if c["phot_embed"]:
-            self.phot_net = MLP(N_PHOT, c["phot_embed"], c["phot_embed"], 2)
+        if spec.n_phot and c["phot_embed"]:
+            self.phot_net = MLP(spec.n_phot, c["phot_embed"], c["phot_embed"], 2)
             n_ctx += c["phot_embed"]
         else:
-            n_ctx += N_PHOT
+            n_ctx += spec.n_phot
         self.velocity = VelocityField(self.dim, n_ctx, c["hidden"], c["layers"])
         #: velocity evaluations of the last ODE solve (per trajectory), for benchmarks.
         self.last_nfe = 0
@@ -214,20 +221,17 @@ class FlowMatchingPosterior(Posterior):
         sets ``config['solver']``, so a saved model keeps it."""
         return self.config["solver"]
 
-    @solver.setter
-    def solver(self, name: str) -> None:
+    def set_solver(self, name: str) -> None:
         self.config["solver"] = str(Solver.parse(name))
 
     @contextlib.contextmanager
-    def with_solver(self, name: str, rtol: float | None = None, atol: float | None = None):
-        """Temporarily use another solver (and tolerances)::
-
-            with post.with_solver("midpoint-10"):
-                theta = post.sample(batch, 1000)
-        """
+    def with_solver(self, name: str | None, rtol: float | None = None,
+                    atol: float | None = None):
+        """Temporarily use another solver (and tolerances); None keeps the current one."""
         saved = {k: self.config[k] for k in ("solver", "rtol", "atol")}
         try:
-            self.solver = name
+            if name is not None:
+                self.set_solver(name)
             if rtol is not None:
                 self.config["rtol"] = float(rtol)
             if atol is not None:
@@ -262,23 +266,25 @@ class FlowMatchingPosterior(Posterior):
     # -- networks -----------------------------------------------------------------------------
     def features(self, ctx: Context) -> torch.Tensor:
         """[B, C] per-object context of the velocity field: [f_img; f_phot]."""
-        f_phot = self.phot_net(ctx.phot) if self.config["phot_embed"] else ctx.phot
-        if not self.uses_image:
-            return f_phot
-        if ctx.image is None:
-            raise ValueError("this model uses images but the context has none")
-        return torch.cat([self.encoder(ctx.image), f_phot], dim=-1)
+        parts = []
+        if self.spec.image_shape is not None:
+            if ctx.image is None:
+                raise ValueError("this model uses images but the context has none")
+            parts.append(self.encoder(ctx.image))
+        if self.spec.n_phot:
+            parts.append(self.phot_net(ctx.phot) if self.config["phot_embed"] else ctx.phot)
+        return torch.cat(parts, dim=-1)
 
-    def _sample_std(self, ctx, n, generator):
+    def sample(self, ctx, n, generator=None):
         bias = self.velocity.context_bias(self.features(ctx))[:, None, :]     # [B, 1, H]
         z0 = torch.randn((len(ctx), n, self.dim), generator=generator, device=bias.device,
                          dtype=bias.dtype)
         return self._odeint(lambda t, z: self.velocity(t, z, bias), z0, 0.0, 1.0)
 
-    def _log_prob_std(self, z, ctx):
+    def log_prob(self, theta, ctx):
         step = max(1, int(self.max_log_prob_rows))
-        return torch.cat([self._log_prob_chunk(z[i:i + step], ctx.index(slice(i, i + step)))
-                          for i in range(0, len(z), step)])
+        return torch.cat([self._log_prob_chunk(theta[i:i + step], ctx.index(slice(i, i + step)))
+                          for i in range(0, len(theta), step)])
 
     def _log_prob_chunk(self, z: torch.Tensor, ctx: Context) -> torch.Tensor:
         # Keep the graph through the divergence only if the caller wants gradients.
@@ -307,33 +313,43 @@ class FlowMatchingPosterior(Posterior):
         return log_base + delta
 
     # -- training -----------------------------------------------------------------------------
-    def loss(self, batch):
-        """Flow-matching MSE on a batch: {'loss': scalar with grad, 'mse': detached}.
+    def loss(self, theta, ctx, generator=None):
+        """Flow-matching MSE: {'loss': scalar with grad, 'mse': detached}.
 
         Rows missing any target do not count; a batch with no complete row gives a zero loss
         that still reaches every parameter (DDP needs the same graph on every worker)."""
-        ctx, y = self.training_tensors(batch)
-        complete = torch.isfinite(y).all(dim=-1)
-        theta1 = torch.nan_to_num(y)
-        gen = None
-        if not self.training:
-            # Validation: the same noise draws for the same rows at every epoch, so that the
-            # loss compares models rather than draws (early stopping, checkpoint choice).
-            ids = np.asarray(as_numpy_batch(batch).get("objid", np.arange(len(theta1))))
-            gen = torch.Generator(device=theta1.device)
-            gen.manual_seed(int(ids.astype(np.uint64).sum() % np.uint64(2**62)))
-        shape = theta1.shape
-        theta0 = torch.randn(shape, generator=gen, device=theta1.device, dtype=theta1.dtype)
-        t = torch.rand((shape[0], 1), generator=gen, device=theta1.device, dtype=theta1.dtype)
-        eps = torch.randn(shape, generator=gen, device=theta1.device, dtype=theta1.dtype)
-        theta_t = (1 - t) * theta0 + t * theta1 + float(self.config["sigma"]) * eps
+        complete = torch.isfinite(theta).all(dim=-1)
+        theta1 = torch.nan_to_num(theta)
+        t, theta_t, u = self.path.sample(theta1, generator)
         v = self.velocity(t, theta_t, self.velocity.context_bias(self.features(ctx)))
-        se = ((v - (theta1 - theta0)) ** 2).mean(dim=-1)
-        mse = masked_mean(se, complete)
+        mse = masked_mean(((v - u) ** 2).mean(dim=-1), complete)
         return {"loss": mse, "mse": mse.detach()}
 
-    def forward(self, batch) -> dict[str, torch.Tensor]:
-        """``loss(batch)``: lets a DistributedDataParallel wrapper (Ray Train's
-        ``prepare_model``) run the loss through its own forward, which gradient
-        synchronisation needs."""
-        return self.loss(batch)
+
+class FlowMatchingPosterior(NeuralPosterior):
+    """Conditional flow matching posterior (kind 'cfm'): a ``FlowMatchingEstimator`` on the
+    inputs of ``raygal.inputs.ModelInputs``.
+
+    ``targets=None`` means ``raygal.schema.CFM_TARGETS`` (log M*, log SFR, 12+log(O/H),
+    Dn(4000), A_V); any D >= 1 works. The solver is settable after loading:
+    ``post.solver = 'rk4-10'`` or ``with post.with_solver(...)``.
+
+    >>> import numpy as np
+    >>> from raygal.inputs import NormStats
+    >>> stats = NormStats(target_mean={"log_mstar": 10.0}, target_std={"log_mstar": 0.5})
+    >>> post = FlowMatchingPosterior(["log_mstar"], "phot", stats,
+    ...                              {"hidden": 32, "solver": "rk4-10"})
+    >>> batch = {f"mag_{b}": np.full(2, 18.0, np.float32) for b in "ugriz"}
+    >>> post.sample(batch, 100, seed=0).shape
+    torch.Size([2, 100, 1])
+    >>> post.log_prob(np.full((2, 1), 10.0), batch).shape
+    torch.Size([2])
+    """
+
+    kind = "cfm"
+    estimator_class = FlowMatchingEstimator
+    default_targets = CFM_TARGETS
+
+
+__all__ = ["FlowMatchingPosterior", "FlowMatchingEstimator", "ProbabilityPath", "Solver",
+           "VelocityField", "DEFAULT_SOLVER"]

@@ -10,6 +10,7 @@ member's standardised space.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 from .. import storage
-from ..inputs import STATUS_OK, as_numpy_batch, batch_size
-from .posterior import (QUANTILE_NAMES, QUANTILES, Posterior, load_posterior, register)
+from ..inputs import STATUS_OK
+from .posterior import (MODEL_FORMAT, MODEL_VERSION, Draw, Posterior, TargetSpace,
+                        load_posterior)
 
 MEMBER_DIR = "member-{:02d}"
 
@@ -28,9 +30,8 @@ def split_counts(n: int, k: int) -> list[int]:
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
-@register
-class EnsemblePosterior(Posterior):
-    """Equal-weight mixture of K posteriors with the same targets and inputs.
+class EnsemblePosterior(Posterior, nn.Module):
+    """Equal-weight mixture of K posteriors with the same targets and inputs (kind 'ensemble').
 
     Args:
         members: the K trained members (any ``Posterior`` kinds).
@@ -40,7 +41,8 @@ class EnsemblePosterior(Posterior):
     target ``T_std_aleatoric`` = sqrt(mean_k var_k) and ``T_std_epistemic`` = std_k(mean_k)
     (population std over members, so that aleatoric^2 + epistemic^2 is the mixture variance up
     to Monte Carlo error), both in physical units, and averages the members' own extra columns
-    (e.g. ``oh12_detect_prob``).
+    (e.g. ``oh12_detect_prob``). Members drawing fewer than two samples (n < 2K) are left out
+    of the aleatoric/epistemic split.
 
     Saved as the ensemble's ``model.json`` plus one folder per member (``member-00``, ...).
     The standardised space of the ensemble is that of its first member's statistics.
@@ -49,6 +51,7 @@ class EnsemblePosterior(Posterior):
     kind = "ensemble"
 
     def __init__(self, members):
+        nn.Module.__init__(self)
         members = list(members)
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -58,9 +61,10 @@ class EnsemblePosterior(Posterior):
                 raise ValueError(f"ensemble member {i} has targets {m.targets} and inputs "
                                  f"{m.inputs!r}; member 0 has {first.targets} and "
                                  f"{first.inputs!r}")
-        config = {"members": len(members), "member_kinds": [m.kind for m in members]}
-        super().__init__(first.targets, first.inputs, first.stats, config)
         self.members = nn.ModuleList(members)
+        self.targets, self.inputs, self.stats = first.targets, first.inputs, first.stats
+        self.config = {"members": len(members), "member_kinds": [m.kind for m in members]}
+        self.space = TargetSpace(self.targets, first.stats).to(first.space.mean.device)
 
     @property
     def k(self) -> int:
@@ -70,18 +74,30 @@ class EnsemblePosterior(Posterior):
     def device(self) -> torch.device:
         return self.members[0].device
 
-    # The mixture needs each member's own context (its own NormStats), so the work happens
-    # in sample / log_prob / summarize on raw batches, never on a shared Context.
-    def _sample_std(self, ctx, n, generator):
-        raise NotImplementedError("EnsemblePosterior samples whole batches: use sample()")
+    # -- ODE solvers: the members' ------------------------------------------------------------
+    @property
+    def solver(self) -> str | None:
+        return self.members[0].solver
 
-    def _log_prob_std(self, z, ctx):
-        raise NotImplementedError("EnsemblePosterior scores whole batches: use log_prob()")
+    def set_solver(self, name: str) -> None:
+        """Set the solver of every member that has one."""
+        with_solver = [m for m in self.members if m.solver is not None]
+        if not with_solver:
+            super().set_solver(name)
+        for m in with_solver:
+            m.set_solver(name)
 
-    def loss(self, batch):
-        raise NotImplementedError("train the members one by one, then build the ensemble")
+    @contextlib.contextmanager
+    def with_solver(self, name, rtol=None, atol=None):
+        with contextlib.ExitStack() as stack:
+            for m in self.members:
+                stack.enter_context(m.with_solver(name, rtol=rtol, atol=atol))
+            yield self
 
-    # -- sampling ---------------------------------------------------------------------------
+    # -- the mixture ----------------------------------------------------------------------------
+    def status(self, batch) -> np.ndarray:
+        return self.members[0].status(batch)
+
     def _member_draws(self, seed: int | None):
         """(member seeds, a generator for the shuffle) derived from ``seed``."""
         if seed is None:
@@ -97,47 +113,39 @@ class EnsemblePosterior(Posterior):
         perm = torch.argsort(torch.rand((B, n), generator=gen), dim=1).to(x.device)
         return torch.gather(x, 1, perm[..., None].expand(B, n, D))
 
-    def _model_space_samples(self, b: dict, n: int, seed: int | None):
-        """(mixture samples [B, n, D] in model space, per-member model-space samples)."""
+    def _draw(self, b, n, seed, extras) -> Draw:
         if n < 1:
             raise ValueError("n must be >= 1")
         seeds, gen = self._member_draws(seed)
-        per = []
-        for m, nk, sk in zip(self.members, split_counts(n, self.k), seeds):
-            per.append(m.sample(b, nk, space="model", seed=sk) if nk else None)
-        x = torch.cat([p.to(self.device) for p in per if p is not None], dim=1)
-        return self._shuffle(x, gen), per
+        draws = [m._draw(b, nk, sk, extras)
+                 for m, nk, sk in zip(self.members, split_counts(n, self.k), seeds) if nk]
+        y = self._shuffle(torch.cat([d.y.to(self.device) for d in draws], dim=1), gen)
+        status = draws[0].status
+        return Draw(y, status, self._split_uncertainty(draws, status) if extras else {})
 
-    @torch.no_grad()
-    def sample(self, batch, n: int, space: str = "physical", seed: int | None = None
-               ) -> torch.Tensor:
-        """[B, n, D] mixture samples (NaN rows where the inputs are unusable)."""
-        y, _ = self._model_space_samples(as_numpy_batch(batch), n, seed)
-        if space == "model":
-            return y
-        if space == "standardised":
-            return self.from_model_space(y)
-        if space == "physical":
-            return self.to_physical(y)
-        raise ValueError(f"space must be 'physical', 'model' or 'standardised', not {space!r}")
+    def _split_uncertainty(self, draws: list[Draw], status: np.ndarray) -> dict:
+        """Aleatoric/epistemic columns (physical units) and the members' mean extras."""
+        ok = status == STATUS_OK
+        wide = [self.space.from_model(d.y, "physical").cpu().numpy().astype(np.float64)
+                for d in draws if d.y.shape[1] >= 2]
+        if wide:
+            alea = np.sqrt(np.stack([x.var(axis=1, ddof=1) for x in wide]).mean(axis=0))
+            epi = np.stack([x.mean(axis=1) for x in wide]).std(axis=0)
+        else:
+            alea = epi = np.full((len(status), self.dim), np.nan)
+        cols = {}
+        for j, t in enumerate(self.targets):
+            cols[f"{t}_std_aleatoric"] = np.where(ok, alea[:, j], np.nan)
+            cols[f"{t}_std_epistemic"] = np.where(ok, epi[:, j], np.nan)
+        for c in self._shared_member_columns():
+            cols[c] = np.mean([d.extras[c] for d in draws], axis=0)
+        return cols
 
-    # -- density ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def log_prob(self, theta, batch, space: str = "model") -> torch.Tensor:
-        """[B] log of the mixture density: logsumexp_k log q_k(theta | x) - log K."""
-        b = as_numpy_batch(batch)
-        theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=self.device)
-        jac = 0.0
-        if space == "standardised":
-            # Members disagree on standardisation: go through model space, where they agree.
-            theta = self.to_model_space(theta)
-            jac = float(torch.log(self._t_std).sum())
-            space = "model"
-        lps = torch.stack([m.log_prob(theta, b, space=space).to(self.device)
+    def _log_prob_model(self, y, b):
+        lps = torch.stack([m._log_prob_model(y.to(m.device), b).to(self.device)
                            for m in self.members])
-        return torch.logsumexp(lps, dim=0) - math.log(self.k) + jac
+        return torch.logsumexp(lps, dim=0) - math.log(self.k)
 
-    # -- summary ----------------------------------------------------------------------------
     def extra_summary_columns(self) -> tuple[str, ...]:
         cols = []
         for t in self.targets:
@@ -145,50 +153,15 @@ class EnsemblePosterior(Posterior):
         return tuple(cols) + self._shared_member_columns()
 
     def _shared_member_columns(self) -> tuple[str, ...]:
-        common = [c for c in self.members[0].extra_summary_columns()
-                  if all(c in m.extra_summary_columns() for m in self.members[1:])]
-        return tuple(common)
-
-    @torch.no_grad()
-    def summarize(self, batch, n: int = 1000, seed: int | None = None,
-                  keep_samples: bool = False) -> dict[str, np.ndarray]:
-        """The base summary of the mixture plus ``T_std_aleatoric`` and ``T_std_epistemic``
-        per target and the members' mean extra columns. Members drawing fewer than two samples
-        (n < 2K) are left out of the aleatoric/epistemic split."""
-        b = as_numpy_batch(batch)
-        B = batch_size(b)
-        status = self.members[0].status(b)
-        ok = status == STATUS_OK
-        seeds, gen = self._member_draws(seed)
-        per, extras = [], {c: [] for c in self._shared_member_columns()}
-        for m, nk, sk in zip(self.members, split_counts(n, self.k), seeds):
-            if not nk:
-                continue
-            s = m.summarize(b, nk, seed=sk, keep_samples=True)
-            per.append(s["samples"].astype(np.float64))
-            for c in extras:
-                extras[c].append(np.asarray(s[c], np.float64))
-        x = torch.from_numpy(np.concatenate(per, axis=1))
-        x = self._shuffle(x, gen).numpy()
-        out: dict[str, np.ndarray] = {"status": status.astype(str)}
-        out.update(_sample_summary(x, self.targets))
-        wide = [p for p in per if p.shape[1] >= 2]
-        if wide:
-            means = np.stack([p.mean(axis=1) for p in wide])            # [K', B, D]
-            vars_ = np.stack([p.var(axis=1, ddof=1) for p in wide])
-            alea, epi = np.sqrt(vars_.mean(axis=0)), means.std(axis=0)
-        else:
-            alea = epi = np.full((B, self.dim), np.nan)
-        for j, t in enumerate(self.targets):
-            out[f"{t}_std_aleatoric"] = np.where(ok, alea[:, j], np.nan)
-            out[f"{t}_std_epistemic"] = np.where(ok, epi[:, j], np.nan)
-        for c, vals in extras.items():
-            out[c] = np.mean(vals, axis=0)
-        if keep_samples:
-            out["samples"] = x.astype(np.float32)
-        return out
+        return tuple(c for c in self.members[0].extra_summary_columns()
+                     if all(c in m.extra_summary_columns() for m in self.members[1:]))
 
     # -- persistence ------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": self.kind,
+                "targets": list(self.targets), "inputs": self.inputs, "config": self.config,
+                "stats": self.stats.to_dict()}
+
     def save(self, uri: str) -> None:
         """Each member under ``uri/member-NN``, then the ensemble's ``model.json`` (last, so a
         folder with a model.json has all of its members)."""
@@ -197,34 +170,12 @@ class EnsemblePosterior(Posterior):
         storage.write_json(storage.join(uri, "model.json"), self.describe())
 
     @classmethod
-    def from_description(cls, desc: dict):
-        raise ValueError("an ensemble's weights live in its member folders: use "
-                         "load_posterior(uri)")
-
-    @classmethod
-    def load_from(cls, uri: str, desc: dict, map_location="cpu") -> "EnsemblePosterior":
+    def load_saved(cls, uri: str, desc: dict, map_location="cpu") -> "EnsemblePosterior":
         k = int(desc["config"]["members"])
-        members = [load_posterior(storage.join(uri, MEMBER_DIR.format(i)), map_location)
-                   for i in range(k)]
-        model = cls(members)
+        model = cls([load_posterior(storage.join(uri, MEMBER_DIR.format(i)), map_location)
+                     for i in range(k)])
         model.eval()
         return model
-
-
-def _sample_summary(x: np.ndarray, targets) -> dict[str, np.ndarray]:
-    """Mean, std and quantile columns of physical samples x [B, n, D] (as
-    ``Posterior.summarize``: NaN rows stay NaN)."""
-    B, n, D = x.shape
-    out = {}
-    q = np.quantile(x, QUANTILES, axis=1) if x.size else np.zeros((len(QUANTILES), B, D))
-    mean = x.mean(axis=1) if n else np.full((B, D), np.nan)
-    std = x.std(axis=1, ddof=1) if n > 1 else np.zeros((B, D))
-    for j, t in enumerate(targets):
-        out[f"{t}_mean"] = mean[:, j]
-        out[f"{t}_std"] = std[:, j]
-        for k, qn in enumerate(QUANTILE_NAMES):
-            out[f"{t}_{qn}"] = q[k, :, j]
-    return out
 
 
 __all__ = ["EnsemblePosterior", "split_counts"]

@@ -11,21 +11,20 @@ arXiv:2511.12737).
 
     log q(theta | x) = log p(core | x) + log p(oh12 | core, x) + log p(lines | x)
 
-All in the standardised space of ``Posterior`` (line fluxes in log1p space before
-standardisation). At inference the metallicity flow is conditioned on the *sampled* core
+All in standardised target space (line fluxes in log1p space before standardisation). At inference the metallicity flow is conditioned on the *sampled* core
 parameters (the chain rule), in training on the true ones.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..inputs import N_PHOT, NormStats
+from ..inputs import NormStats
 from ..schema import NF_CORE_TARGETS, NF_LINE_TARGETS, NF_METALLICITY_TARGET, parse_targets
+from .estimator import ConditionalEstimator, Context
 from .flows import ConditionalFlow, build_flow
 from .nets import MLP, masked_mean
-from .posterior import Context, Posterior, register
+from .posterior import NeuralPosterior
 from .vae import VAE, VAEEncoder, vae_config
 
 DETECT_COLUMN = "oh12_detect_prob"
@@ -89,16 +88,15 @@ def split_targets(targets, config: dict | None = None
     return core, met, lines
 
 
-@register
-class FlowPosterior(Posterior):
-    """Two-branch conditional RealNVP posterior on VAE features and photometry.
+class FlowEstimator(ConditionalEstimator):
+    """Two-branch conditional RealNVP on VAE features and photometry, in standardised space.
 
     Args:
         targets: any target names; split into core targets (joint RealNVP), oh12 (1-d flow
-            conditioned on the core: the chain rule) and line fluxes (second RealNVP). The model's
-            ``targets`` are ordered core + [oh12] + lines. None: the paper's nine targets.
-        inputs: 'image+phot' (frozen VAE encoder features + photometry) or 'phot'.
-        stats: ``NormStats`` of the training data.
+            conditioned on the core: the chain rule) and line fluxes (second RealNVP). The
+            estimator's ``targets`` are ordered core + [oh12] + lines. None: the paper's nine.
+        spec: the inputs; with images, the frozen VAE encoder (a submodule, saved with the
+            model) computes features from cutouts unless the context carries them.
         config: keys and defaults:
 
             core_targets      targets of the joint core flow (log_mstar, log_sfr, z, log_mbh
@@ -116,35 +114,21 @@ class FlowPosterior(Posterior):
             scale_bound       3.0, bound of each coupling's log-scale
             mse_weight        1.0, weight of the mean heads' MSE in the loss
             bce_weight        1.0, weight of the detectability BCE in the loss
-            vae               the VAE's config (``raygal.models.vae.VAE_DEFAULTS``),
-                              image+phot only
-            image_shape       [C, H, W] of the cutouts (default the VAE's), image+phot only
-
-    Batches may carry a precomputed ``vae_features`` column ([B, 64]); otherwise the frozen
-    encoder (a submodule, so it is saved with the model) computes them from the cutouts.
-
-    >>> from raygal.inputs import NormStats
-    >>> stats = NormStats(target_mean={"z": 0.1}, target_std={"z": 0.05})
-    >>> FlowPosterior(["z"], "phot", stats, {"hidden": 16, "representation": 16}).targets
-    ('z',)
+            vae               the VAE's config (``raygal.models.vae.VAE_DEFAULTS``), images only
+            image_shape       [C, H, W] of the cutouts (default the VAE's), images only
     """
 
-    kind = "nf"
-    precomputed_image_column = VAE_FEATURES_COLUMN
     # Rows x samples per sampling pass: the flows run on [rows * n, hidden] activations.
     max_trajectories = 1 << 15
 
-    def __init__(self, targets=None, inputs: str = "image+phot", stats: NormStats | None = None,
-                 config: dict | None = None):
-        if stats is None:
-            raise ValueError("FlowPosterior needs normalisation statistics (stats)")
+    def __init__(self, targets, spec, config=None):
         c = {**NF_DEFAULTS, **dict(config or {})}
         core, met, lines = split_targets(targets, c)
         ordered = core + ((NF_METALLICITY_TARGET,) if met else ()) + lines
         c.update(core_targets=list(core), metallicity=met, line_targets=list(lines))
         if c["line_coupling_layers"] is None:
             c["line_coupling_layers"] = c["coupling_layers"]
-        if inputs == "image+phot":
+        if spec.image_shape is not None:
             vc = dict(c.get("vae") or {})
             if "image_shape" in c and "image_shape" not in vc:
                 vc["image_shape"] = c["image_shape"]
@@ -153,18 +137,19 @@ class FlowPosterior(Posterior):
                 raise ValueError(f"image_shape {list(c['image_shape'])} differs from the VAE's "
                                  f"{vc['image_shape']}")
             c["vae"], c["image_shape"] = vc, list(vc["image_shape"])
-        super().__init__(ordered, inputs, stats, c)
+        super().__init__(ordered, spec, c)
         self.core_targets, self.metallicity, self.line_targets = core, met, lines
         nc, nl, H, R = len(core), len(lines), int(c["hidden"]), int(c["representation"])
         self._core_idx = list(range(nc))
         self._oh_idx = nc if met else None
         self._line_idx = list(range(nc + int(met), nc + int(met) + nl))
 
-        n_in = N_PHOT
-        if self.uses_image:
+        n_in = spec.n_phot
+        if spec.image_shape is not None:
             self.encoder = VAEEncoder(c["vae"])
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+            self.image_feature_dim = self.encoder.out_features
             n_in += self.encoder.out_features
         self.rep = MLP(n_in, R, H, int(c["rep_layers"]))
         hl = int(c["head_layers"])
@@ -182,23 +167,9 @@ class FlowPosterior(Posterior):
             self.line_flow = ConditionalFlow(
                 build_flow(nl, R, int(c["line_coupling_layers"]), seed=2, **flow_kw), nl)
 
-    # -- construction -------------------------------------------------------------------------
-    @classmethod
-    def from_vae(cls, vae: VAE | None, targets=None, inputs: str = "image+phot",
-                 stats: NormStats | None = None, config: dict | None = None) -> "FlowPosterior":
-        """A FlowPosterior whose frozen encoder is a copy of ``vae``'s (trained) encoder.
-        ``inputs='phot'`` ignores ``vae`` (it may be None)."""
-        config = dict(config or {})
-        if inputs == "image+phot":
-            if vae is None:
-                raise ValueError("an image+phot FlowPosterior needs a trained VAE")
-            config["vae"] = dict(vae.config)
-            config["image_shape"] = list(vae.config["image_shape"])
-        model = cls(targets, inputs, stats, config)
-        if inputs == "image+phot":
-            model.encoder.load_state_dict(vae.encoder.state_dict())
-            model.to(next(vae.parameters()).device)
-        return model
+    @property
+    def uses_image(self) -> bool:
+        return self.spec.image_shape is not None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -206,23 +177,7 @@ class FlowPosterior(Posterior):
             self.encoder.eval()   # frozen: always in inference mode
         return self
 
-    def trainable_parameters(self):
-        """Parameters the optimiser should update (everything but the frozen encoder)."""
-        return [p for p in self.parameters() if p.requires_grad]
-
     # -- inputs -------------------------------------------------------------------------------
-    def _extra_inputs(self, batch: dict, rows: np.ndarray) -> dict:
-        if not self.uses_image or VAE_FEATURES_COLUMN not in batch:
-            return {}
-        f = batch[VAE_FEATURES_COLUMN]
-        f = np.stack([np.asarray(v, np.float32) for v in f]) if getattr(f, "dtype", None) == \
-            object else np.asarray(f, np.float32)
-        want = self.encoder.out_features
-        if f.ndim != 2 or f.shape[1] != want:
-            raise ValueError(f"column '{VAE_FEATURES_COLUMN}' must be [B, {want}], got "
-                             f"{list(f.shape)}")
-        return {VAE_FEATURES_COLUMN: torch.from_numpy(np.ascontiguousarray(f[rows]))}
-
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 64] frozen-encoder features of stretched cutouts."""
         with torch.no_grad():
@@ -230,13 +185,18 @@ class FlowPosterior(Posterior):
 
     def represent(self, ctx: Context) -> torch.Tensor:
         """[B, representation] h from the context."""
-        x = ctx.phot
+        parts = []
         if self.uses_image:
-            f = ctx.extra.get(VAE_FEATURES_COLUMN)
+            f = ctx.features
             if f is None:
                 f = self.image_features(ctx.image)
-            x = torch.cat([f.to(x.dtype), x], dim=-1)
-        return self.rep(x)
+            elif f.shape[-1] != self.encoder.out_features:
+                raise ValueError(f"image features must be [B, {self.encoder.out_features}], "
+                                 f"got {list(f.shape)}")
+            parts.append(f)
+        if self.spec.n_phot:
+            parts.append(ctx.phot)
+        return self.rep(torch.cat([p.to(parts[-1].dtype) for p in parts], dim=-1))
 
     # -- the densities ------------------------------------------------------------------------
     def _heads(self, h: torch.Tensor):
@@ -268,12 +228,12 @@ class FlowPosterior(Posterior):
             out["lines"] = self.line_flow.log_prob(z[:, self._line_idx] - ml, h)
         return out
 
-    def _log_prob_std(self, z: torch.Tensor, ctx: Context) -> torch.Tensor:
+    def log_prob(self, theta: torch.Tensor, ctx: Context) -> torch.Tensor:
         h = self.represent(ctx)
-        return sum(self._log_prob_parts(z.to(h.dtype), h).values())
+        return sum(self._log_prob_parts(theta.to(h.dtype), h).values())
 
-    def _sample_std(self, ctx: Context, n: int, generator: torch.Generator | None
-                    ) -> torch.Tensor:
+    def sample(self, ctx: Context, n: int, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
         h = self.represent(ctx)
         B, R = h.shape
         mc, mo, ml = self._heads(h)
@@ -297,16 +257,16 @@ class FlowPosterior(Posterior):
             raise ValueError("this model has no metallicity branch")
         return torch.sigmoid(self.detect(self.represent(ctx))).squeeze(-1)
 
-    def _extra_summary(self, ctx: Context, samples_std: torch.Tensor) -> dict[str, np.ndarray]:
-        if not self.metallicity:
-            return {}
-        return {DETECT_COLUMN: self.detect_prob(ctx).cpu().numpy()}
+    def extras(self, ctx: Context) -> dict[str, torch.Tensor]:
+        return {DETECT_COLUMN: self.detect_prob(ctx)} if self.metallicity else {}
 
-    def extra_summary_columns(self) -> tuple[str, ...]:
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
         return (DETECT_COLUMN,) if self.metallicity else ()
 
     # -- training -----------------------------------------------------------------------------
-    def loss(self, batch) -> dict[str, torch.Tensor]:
+    def loss(self, theta: torch.Tensor, ctx: Context,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """{'loss', 'nll_core', 'nll_oh12', 'nll_lines', 'mse', 'bce'}, each averaged over the
         rows it is defined on.
 
@@ -315,7 +275,7 @@ class FlowPosterior(Posterior):
         target), the detectability classifier from every row (label: oh12 present). Every
         parameter stays in the graph on every batch (masked means, not row subsets), which
         DistributedDataParallel needs."""
-        ctx, y = self.training_tensors(batch)
+        y = theta
         h = self.represent(ctx)
         present = torch.isfinite(y)
         y0 = torch.nan_to_num(y)
@@ -341,5 +301,57 @@ class FlowPosterior(Posterior):
         return {"loss": loss, **{k: v.detach() for k, v in parts.items()}}
 
 
-__all__ = ["FlowPosterior", "split_targets", "NF_DEFAULTS", "DETECT_COLUMN",
+class FlowPosterior(NeuralPosterior):
+    """VAE features + two-branch conditional RealNVP (kind 'nf'): a ``FlowEstimator`` on the
+    inputs of ``raygal.inputs.ModelInputs``.
+
+    ``targets=None`` means the paper's nine targets; ``inputs`` 'image+phot' (frozen VAE
+    encoder features + photometry), 'phot' or 'image'. Batches may carry a precomputed
+    ``vae_features`` column ([B, 64]); otherwise the frozen encoder computes them from the
+    cutouts.
+
+    >>> from raygal.inputs import NormStats
+    >>> stats = NormStats(target_mean={"z": 0.1}, target_std={"z": 0.05})
+    >>> FlowPosterior(["z"], "phot", stats, {"hidden": 16, "representation": 16}).targets
+    ('z',)
+    """
+
+    kind = "nf"
+    estimator_class = FlowEstimator
+    features_column = VAE_FEATURES_COLUMN
+
+    @classmethod
+    def from_training_config(cls, cfg: dict, stats: NormStats, image_shape=None
+                             ) -> "FlowPosterior":
+        """As ``NeuralPosterior``'s, with the frozen encoder of the trained VAE ``cfg['vae']``
+        for image inputs."""
+        if cfg["inputs"] == "phot":
+            return super().from_training_config(cfg, stats, image_shape)
+        from .vae import load_vae
+
+        if not cfg.get("vae"):
+            raise ValueError(f"an {cfg['inputs']} NF needs a trained VAE: train one with "
+                             f"'raygal train vae' and pass its model folder as --vae")
+        return cls.from_vae(load_vae(cfg["vae"]), cfg["targets"], cfg["inputs"], stats,
+                            dict(cfg.get("model_config") or {}))
+
+    @classmethod
+    def from_vae(cls, vae: VAE | None, targets=None, inputs: str = "image+phot",
+                 stats: NormStats | None = None, config: dict | None = None) -> "FlowPosterior":
+        """A FlowPosterior whose frozen encoder is a copy of ``vae``'s (trained) encoder.
+        ``inputs='phot'`` ignores ``vae`` (it may be None)."""
+        config = dict(config or {})
+        if inputs != "phot":
+            if vae is None:
+                raise ValueError(f"an {inputs} FlowPosterior needs a trained VAE")
+            config["vae"] = dict(vae.config)
+            config["image_shape"] = list(vae.config["image_shape"])
+        model = cls(targets, inputs, stats, config)
+        if inputs != "phot":
+            model.estimator.encoder.load_state_dict(vae.encoder.state_dict())
+            model.to(next(vae.parameters()).device)
+        return model
+
+
+__all__ = ["FlowPosterior", "FlowEstimator", "split_targets", "NF_DEFAULTS", "DETECT_COLUMN",
            "VAE_FEATURES_COLUMN"]

@@ -12,18 +12,17 @@ the decoder's output is left linear.
     >>> vae.features(torch.zeros(2, 3, 64, 64)).shape
     torch.Size([2, 64])
 
-Saved as a folder like every raygal model: ``model.json`` (format 'raygal-model', kind 'vae',
-config, optional normalisation statistics) and ``weights.pt`` (a state dict, read with
-``torch.load(weights_only=True)``): see ``save_vae`` / ``load_vae``.
+``VAEModel`` (kind 'vae') pairs a VAE with the normalisation statistics of its training
+cutouts; it trains in the shared loop and is saved as a folder like every raygal model
+(``save_vae`` / ``load_vae``).
 """
 from __future__ import annotations
-
-import io
 
 import torch
 from torch import nn
 
-from .. import storage
+from ..inputs import ModelInputs, NormStats
+from .posterior import SavedModel, load_model
 
 VAE_KIND = "vae"
 
@@ -197,38 +196,74 @@ def _device(m: nn.Module) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------
-# Persistence, in the format of Posterior.save (so a CLI can tell a VAE folder by its kind)
+# The VAE as a saved, trainable raygal model
 # ----------------------------------------------------------------------------------------------
 
-def save_vae(vae: VAE, uri: str, stats=None) -> None:
-    """Write ``model.json`` (format 'raygal-model', kind 'vae', config, optional ``NormStats``
-    whose ``cutout_scale`` says how the training images were stretched) and ``weights.pt``
-    under ``uri`` (local or s3://)."""
-    from .posterior import MODEL_FORMAT, MODEL_VERSION
+class VAEModel(SavedModel):
+    """A ``VAE`` with the normalisation statistics that stretch its cutouts (kind 'vae'): it
+    trains in the shared training loop on batches that ``ModelInputs('image', ...)`` prepares,
+    and saves and loads like every raygal model.
 
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in vae.state_dict().items()}, buf)
-    storage.write_bytes(storage.join(uri, "weights.pt"), buf.getvalue())
-    desc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": VAE_KIND,
-            "config": vae.config, "stats": None if stats is None else stats.to_dict()}
-    storage.write_json(storage.join(uri, "model.json"), desc)
+    Args:
+        vae: the network.
+        stats: ``NormStats`` whose ``cutout_scale`` says how the training images were
+            stretched (None for a VAE not trained on raygal data).
+    """
+
+    kind = VAE_KIND
+
+    def __init__(self, vae: VAE, stats: NormStats | None = None):
+        super().__init__()
+        self.vae = vae
+        self.config = vae.config
+        self.has_stats = stats is not None
+        self.model_inputs = ModelInputs("image", stats if stats is not None else NormStats(),
+                                        (), vae.config["image_shape"])
+
+    @classmethod
+    def from_config(cls, config: dict, stats: NormStats | None = None) -> "VAEModel":
+        return cls(VAE(config), stats)
+
+    @classmethod
+    def from_training_config(cls, cfg: dict, stats: NormStats, image_shape=None) -> "VAEModel":
+        mc = dict(cfg.get("model_config") or {})
+        if image_shape is not None:
+            mc.setdefault("image_shape", list(image_shape))
+        return cls.from_config(mc, stats)
+
+    @classmethod
+    def from_description(cls, desc: dict) -> "VAEModel":
+        stats = NormStats.from_dict(desc["stats"]) if desc.get("stats") else None
+        return cls.from_config(desc["config"], stats)
+
+    def describe(self) -> dict:
+        desc = super().describe()
+        desc["stats"] = self.stats.to_dict() if self.has_stats else None
+        return desc
+
+    @staticmethod
+    def migrate_v1(state: dict) -> dict:
+        return {f"vae.{k}": v for k, v in state.items()}
+
+    def forward(self, prepared: dict) -> dict[str, torch.Tensor]:
+        x = torch.as_tensor(prepared["image"]).to(self.device, torch.float32)
+        return self.vae.loss(x, generator=self.validation_generator(prepared))
+
+
+def save_vae(vae: VAE, uri: str, stats=None) -> None:
+    """Save ``vae`` (with the ``NormStats`` that stretched its training cutouts, if given) as
+    a raygal model folder."""
+    VAEModel(vae, stats).save(uri)
 
 
 def load_vae(uri: str, map_location="cpu") -> VAE:
-    """A VAE saved by ``save_vae``, in eval mode. Its normalisation statistics (or None) are
-    attached as ``vae.stats``."""
-    from ..inputs import NormStats
-    from .posterior import load_state_dict, read_model_description
-
-    desc = read_model_description(uri)
-    if desc.get("kind") != VAE_KIND:
-        raise ValueError(f"{uri}: a raygal model of kind {desc.get('kind')!r}, not a VAE")
-    vae = VAE(desc["config"])
-    vae.load_state_dict(load_state_dict(uri, map_location))
-    if isinstance(map_location, (str, torch.device)):
-        vae.to(map_location)
-    vae.eval()
-    vae.stats = NormStats.from_dict(desc["stats"]) if desc.get("stats") else None
+    """The ``VAE`` of a saved VAE model, in eval mode, with its normalisation statistics (or
+    None) attached as ``vae.stats``."""
+    model = load_model(uri, map_location)
+    if not isinstance(model, VAEModel):
+        raise ValueError(f"{uri}: a raygal model of kind {model.kind!r}, not a VAE")
+    vae = model.vae
+    vae.stats = model.stats if model.has_stats else None
     return vae
 
 
@@ -238,5 +273,5 @@ def kl_per_dim_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)).mean(0)
 
 
-__all__ = ["VAE", "VAEEncoder", "VAEDecoder", "VAE_DEFAULTS", "vae_config", "save_vae",
+__all__ = ["VAE", "VAEModel", "VAEEncoder", "VAEDecoder", "VAE_DEFAULTS", "vae_config", "save_vae",
            "load_vae", "kl_per_dim_nats"]

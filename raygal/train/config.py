@@ -72,7 +72,6 @@ class TrainConfig:
     max_rows: int | None = None
     model_config: dict = field(default_factory=dict)
     # Testing hook: make worker rank 1 exit once at this epoch (fault-tolerance tests).
-    fail_at_epoch: int | None = None
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:

@@ -19,9 +19,10 @@ import math
 import uuid
 
 import numpy as np
+from ray.train import UserCallback
 
 from .. import storage
-from ..pipelines import read_dataset, split, stats_for
+from ..pipelines import augment, read_dataset, split, stats_for
 from ..shards import read_schema
 from ..inputs import NormStats, row_status
 from ..schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS,
@@ -88,9 +89,27 @@ def default_cpus_per_worker(cfg: TrainConfig) -> float:
     return max(0.25, min(float(math.floor(per)) if per >= 1 else per, 8.0))
 
 
+class EpochProgress(UserCallback):
+    """Prints each epoch's losses and rate as the workers report it, so the driver's output and
+    ``ray job logs`` show training progress."""
+
+    def __init__(self, epochs: int, label: str):
+        self.epochs, self.label = epochs, label
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0] if metrics else {}
+        if "epoch" not in m:
+            return
+        print(f"[{self.label}] epoch {int(m['epoch']) + 1}/{self.epochs}: "
+              f"train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f} "
+              f"(best {m['best_val_loss']:.4f}), {m['samples_per_s']:.0f} samples/s, "
+              f"{m['epoch_time_s']:.1f} s", flush=True)
+
+
 def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | None = None,
-                 callbacks=None):
-    """The TorchTrainer for ``cfg`` (data split, statistics, scaling and run config)."""
+                 callbacks=None, fail_at_epoch: int | None = None):
+    """The TorchTrainer for ``cfg`` (data split, statistics, prepared inputs, scaling and run
+    config). ``fail_at_epoch`` kills a worker once in that epoch (fault-tolerance tests)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -112,6 +131,9 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
                          f"{', '.join(missing)}")
     cols = training_columns(cfg, schema.names)
     needs_image = cfg.inputs == "image+phot" and CUTOUT_COLUMN in cols
+    # The model's own inputs adapter prepares every row in Ray Data (colours, asinh stretch,
+    # standardised targets), so CPU preprocessing overlaps training on the workers.
+    prepare = build_model(cfg.to_dict(), stats, image_shape).model_inputs
     ds = read_dataset(data_uri, columns=cols).map_batches(_UsableRows(needs_image),
                                                           batch_format="numpy")
     parts = split(ds, cfg.split)
@@ -119,11 +141,16 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
     if cfg.max_rows:
         train_ds = train_ds.limit(cfg.max_rows)
         val_ds = val_ds.limit(max(cfg.max_rows // 4, 64))
+    train_ds = train_ds.map_batches(prepare, batch_format="numpy")
+    val_ds = val_ds.map_batches(prepare, batch_format="numpy")
     if _fits_in_object_store(data_uri, cols, image_shape if CUTOUT_COLUMN in cols else None,
                              cfg.max_rows):
-        # Small enough to keep in Ray's object store: read and filter once, instead of
-        # listing, reading and splitting every shard again at every epoch.
+        # Small enough to keep in Ray's object store: read, filter and prepare once, instead
+        # of listing, reading and preparing every shard again at every epoch.
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+    if cfg.augment and needs_image:
+        # After materialising, so each epoch draws new rotations and flips.
+        train_ds = augment(train_ds, column="image")
 
     cpus = default_cpus_per_worker(cfg)
     resources = {"CPU": cpus}
@@ -137,10 +164,11 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
         name=run_name, storage_path=path, storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        callbacks=callbacks)
+        callbacks=[EpochProgress(cfg.epochs, cfg.model), *(callbacks or [])])
     loop_config = {"cfg": cfg.to_dict(), "stats": stats.to_dict(),
                    "image_shape": list(image_shape) if image_shape else None,
-                   "torch_threads": max(1, int(cpus)), "run_id": uuid.uuid4().hex[:8]}
+                   "torch_threads": max(1, int(cpus)), "run_id": uuid.uuid4().hex[:8],
+                   "fail_at_epoch": fail_at_epoch}
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling, run_config=run_config,
                         datasets={"train": train_ds, "val": val_ds})
@@ -154,16 +182,13 @@ def export_checkpoint(checkpoint, out_uri: str) -> dict:
     stats = NormStats.from_dict(meta["stats"])
     model = build_model(meta["config"], stats, meta.get("image_shape"))
     model.load_state_dict(state.get("best_model") or state["model"])
-    if hasattr(model, "export"):
-        model.export(out_uri)          # the VAE's training wrapper saves the bare VAE
-    else:
-        model.save(out_uri)
+    model.save(out_uri)
     return meta
 
 
-def fit(cfg: TrainConfig, run_name: str = RUN_NAME) -> dict:
+def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = None) -> dict:
     """Train ``cfg`` on the running Ray cluster; export the best model to ``<out>/model``."""
-    trainer = make_trainer(cfg, run_name)
+    trainer = make_trainer(cfg, run_name, fail_at_epoch=fail_at_epoch)
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")

@@ -1,8 +1,10 @@
 """The training loop that every Ray Train worker runs, for every model.
 
-One function, ``train_loop_per_worker``, serves the VAE, the flows, the CFM and the baseline:
-each model's ``forward(batch)`` returns its loss dict, so DDP (``prepare_model``) synchronises
-gradients the same way for all. Per epoch: train on this worker's shard of the data, validate
+One function, ``train_loop_per_worker``, serves the VAE, the flows, the CFM and the baseline.
+The inputs arrive prepared by Ray Data (``raygal.inputs.ModelInputs.prepare``: colours, the
+asinh stretch, standardised targets; augmentation per epoch), as torch batches on the worker's
+device; each model's ``forward(batch)`` returns its loss dict, so DDP (``prepare_model``)
+synchronises gradients the same way for all. Per epoch: train on this worker's shard of the data, validate
 on its shard of the validation set, average the validation loss over all workers, decide early
 stopping identically on every worker, and report metrics with a checkpoint (rank 0 writes it:
 weights, optimiser, epoch, best weights so far, history, config, normalisation statistics).
@@ -17,47 +19,19 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 
-from ..pipelines import random_dihedral
 from ..inputs import NormStats
-from ..schema import CUTOUT_COLUMN
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 
 
 def build_model(cfg: dict, stats: NormStats, image_shape=None):
-    """The torch module a config asks for, freshly initialised (on CPU)."""
-    kind = cfg["model"]
-    mc = dict(cfg.get("model_config") or {})
-    if image_shape is not None and cfg["inputs"] == "image+phot":
-        mc.setdefault("image_shape", list(image_shape))
-    if kind == "gaussian":
-        from ..models.baseline import GaussianPosterior
+    """The model (a ``SavedModel``) a training config asks for, freshly initialised (on CPU)."""
+    from ..models import model_class
 
-        return GaussianPosterior(cfg["targets"], cfg["inputs"], stats, mc)
-    if kind == "cfm":
-        from ..models.cfm import FlowMatchingPosterior
-
-        return FlowMatchingPosterior(cfg["targets"], cfg["inputs"], stats, mc)
-    if kind == "nf":
-        from ..models.nf import FlowPosterior
-
-        if cfg["inputs"] == "image+phot":
-            from ..models.vae import load_vae
-
-            if not cfg.get("vae"):
-                raise ValueError("an image+phot NF needs a trained VAE (--vae URI)")
-            return FlowPosterior.from_vae(load_vae(cfg["vae"]), cfg["targets"], cfg["inputs"],
-                                          stats, mc)
-        return FlowPosterior(cfg["targets"], cfg["inputs"], stats, mc)
-    if kind == "vae":
-        from .vae_module import VAETrainingModule
-
-        return VAETrainingModule.from_config(mc, stats)
-    raise ValueError(f"unknown model kind {kind!r}")
+    return model_class(cfg["model"]).from_training_config(cfg, stats, image_shape)
 
 
 def make_optimizer(cfg: dict, params):
@@ -89,13 +63,12 @@ def load_checkpoint_state(path: str) -> tuple[dict, dict]:
     return state, meta
 
 
-def _maybe_fail(cfg: dict, epoch: int, rank: int, run_id: str) -> None:
-    """Fault-injection hook for the fault-tolerance tests: worker rank 1 (or 0 alone) dies
-    once, mid-way through epoch ``fail_at_epoch`` (after its first batch, and after a pause
-    that stands for the rest of the epoch's work: the controller registers the previous
+def _maybe_fail(fail_at: int | None, workers: int, epoch: int, rank: int, run_id: str) -> None:
+    """Fault injection for the fault-tolerance tests (``fit(..., fail_at_epoch=E)``): worker
+    rank 1 (or 0 alone) dies once, mid-way through epoch E (after its first batch, and after a
+    pause that stands for the rest of the epoch's work: the controller registers the previous
     epoch's checkpoint within a health-check interval)."""
-    fail_at = cfg.get("fail_at_epoch")
-    if fail_at is None or epoch != fail_at or rank != min(1, cfg["workers"] - 1):
+    if fail_at is None or epoch != fail_at or rank != min(1, workers - 1):
         return
     marker = os.path.join(tempfile.gettempdir(), f"raygal-fail-{run_id}")
     if os.path.exists(marker):
@@ -118,7 +91,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(int(threads))
     torch.manual_seed(cfg["seed"])  # identical initialisation on every rank
     model = build_model(cfg, stats, config.get("image_shape"))
-    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    opt = make_optimizer(cfg, model.trainable_parameters())
 
     start_epoch, best_val, bad_epochs, history = 0, float("inf"), 0, []
     best_state = None
@@ -135,26 +108,22 @@ def train_loop_per_worker(config: dict) -> None:
         history = meta.get("history", [])
         resumed_from = int(state["epoch"])
 
-    model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    inner = model.module if hasattr(model, "module") else model
+    inner = model
+    model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     use_amp = device.type == "cuda"
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    augment = cfg.get("augment") and cfg["inputs"] == "image+phot"
     bs = cfg["batch_size"]
+    fail_at = config.get("fail_at_epoch")
 
     for epoch in range(start_epoch, cfg["epochs"]):
         t0 = time.perf_counter()
         model.train()
-        rng = np.random.default_rng([cfg["seed"], epoch, rank])
         tot, n_rows = 0.0, 0
-        for batch in train_shard.iter_batches(batch_size=bs, batch_format="numpy",
-                                              local_shuffle_buffer_size=min(4 * bs, 4096),
-                                              local_shuffle_seed=cfg["seed"] * 1000 + epoch):
-            if augment and CUTOUT_COLUMN in batch:
-                batch[CUTOUT_COLUMN] = random_dihedral(batch[CUTOUT_COLUMN], rng)
+        for batch in train_shard.iter_torch_batches(
+                batch_size=bs, device=device, local_shuffle_buffer_size=min(4 * bs, 4096),
+                local_shuffle_seed=cfg["seed"] * 1000 + epoch):
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                 enabled=use_amp):
                 out = model(batch)
@@ -162,7 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
-            _maybe_fail(cfg, epoch, rank, config.get("run_id", "run"))
+            _maybe_fail(fail_at, cfg["workers"], epoch, rank, config.get("run_id", "run"))
             n = len(batch["objid"])
             tot += float(out["loss"].detach()) * n
             n_rows += n
@@ -171,8 +140,8 @@ def train_loop_per_worker(config: dict) -> None:
         model.eval()
         vsum, vn = 0.0, 0
         with torch.no_grad():
-            for batch in val_shard.iter_batches(batch_size=max(bs, 256), batch_format="numpy"):
-                out = inner.loss(batch)
+            for batch in val_shard.iter_torch_batches(batch_size=max(bs, 256), device=device):
+                out = inner(batch)
                 n = len(batch["objid"])
                 vsum += float(out["loss"]) * n
                 vn += n
@@ -204,8 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
                 with open(os.path.join(tmp, META_FILE), "w") as f:
                     json.dump({"config": cfg, "stats": stats.to_dict(), "history": history,
                                "image_shape": config.get("image_shape"),
-                               "description": inner.describe() if hasattr(inner, "describe")
-                               else None}, f, default=str)
+                               "description": inner.describe()}, f, default=str)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"epoch-{epoch:04d}")

@@ -1,0 +1,152 @@
+"""Conditional density estimators: pure torch, tensors in and out (as sbi's
+``ConditionalEstimator``).
+
+An estimator knows nothing of rows, catalogs, units or files. It sees a ``Context`` (the
+network inputs of B objects, prepared by ``raygal.inputs.ModelInputs``) and standardised
+targets ``theta`` [B, D], and does three things::
+
+    est.loss(theta, ctx)            # {'loss': scalar with grad, ...named parts}
+    est.sample(ctx, n, generator)   # [B, n, D]
+    est.log_prob(theta, ctx)        # [B]
+
+``raygal.models.posterior.NeuralPosterior`` composes an estimator with the inputs adapter and
+the target spaces; that is what users and the pipelines see.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Context:
+    """Network inputs of B objects, on one device.
+
+    phot: [B, 5] standardised photometric features, or None (image-only models);
+    image: [B, C, H, W] stretched cutouts, or None;
+    features: [B, F] precomputed image features (e.g. a frozen VAE's), or None.
+    """
+
+    phot: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, device=None) -> "Context":
+        """A Context from ``ModelInputs.arrays`` output (numpy arrays or tensors)."""
+        def t(name):
+            v = arrays.get(name)
+            if v is None:
+                return None
+            v = torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+            return v.to(device=device, dtype=torch.float32)
+
+        return cls(t("phot"), t("image"), t("features"))
+
+    def __len__(self) -> int:
+        for v in (self.phot, self.image, self.features):
+            if v is not None:
+                return v.shape[0]
+        return 0
+
+    def index(self, idx) -> "Context":
+        return Context(*(None if v is None else v[idx]
+                         for v in (self.phot, self.image, self.features)))
+
+    def repeat_interleave(self, n: int) -> "Context":
+        """Each object's inputs repeated n times along the batch axis."""
+        return Context(*(None if v is None else v.repeat_interleave(n, dim=0)
+                         for v in (self.phot, self.image, self.features)))
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """The shapes of a ``Context`` an estimator is built for: ``n_phot`` photometric features
+    (0: none), ``image_shape`` [C, H, W] (None: no images)."""
+
+    n_phot: int
+    image_shape: tuple | None = None
+
+
+class ConditionalEstimator(nn.Module, abc.ABC):
+    """Base class of every estimator q(theta | context) in standardised target space.
+
+    Args:
+        targets: names of the D target dimensions, in order (some estimators structure
+            themselves by target, e.g. the NF's metallicity branch).
+        spec: the ``ContextSpec`` of the inputs.
+        config: architecture hyper-parameters; subclasses complete it with their defaults,
+            and it is saved with the weights.
+    """
+
+    #: rows x samples per sampling pass, bounding memory (sbi's lesson: users sample
+    #: millions of objects). Callers chunk their batches by it.
+    max_trajectories: int = 1 << 17
+    #: an ODE solver setting, for estimators that integrate one (None otherwise).
+    solver: str | None = None
+    #: width of precomputed image features (``Context.features``) the estimator accepts.
+    image_feature_dim: int | None = None
+
+    def __init__(self, targets, spec: ContextSpec, config: dict | None = None):
+        super().__init__()
+        self.targets = tuple(targets)
+        self.spec = spec
+        self.config = dict(config or {})
+
+    @property
+    def dim(self) -> int:
+        return len(self.targets)
+
+    @abc.abstractmethod
+    def loss(self, theta: torch.Tensor, ctx: Context,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Training loss on standardised ``theta`` [B, D] (NaN where a target is missing):
+        {'loss': scalar with grad, ...detached parts}. ``generator`` fixes the noise draws
+        (validation)."""
+
+    @abc.abstractmethod
+    def sample(self, ctx: Context, n: int, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """[B, n, D] samples."""
+
+    @abc.abstractmethod
+    def log_prob(self, theta: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """[B] log density of ``theta`` [B, D]."""
+
+    def extras(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """Extra per-object outputs [B] (e.g. a detectability probability), named as
+        ``extra_columns``."""
+        return {}
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        return ()
+
+    def set_solver(self, name: str) -> None:
+        raise ValueError(f"{type(self).__name__} has no ODE solver to set to {name!r}")
+
+    def with_solver(self, name: str | None, rtol: float | None = None,
+                    atol: float | None = None):
+        """A context manager that temporarily sets the ODE solver; a no-op for estimators
+        without one (``name`` must then be None)."""
+        if name is not None:
+            self.set_solver(name)
+        return contextlib.nullcontext(self)
+
+
+def rows_generator(objid, device=None) -> torch.Generator:
+    """A generator seeded by a batch's object ids: the same noise draws for the same rows at
+    every epoch, so that validation losses compare models rather than draws (early stopping,
+    checkpoint choice)."""
+    ids = np.asarray(objid.cpu() if isinstance(objid, torch.Tensor) else objid)
+    gen = torch.Generator(device=device or "cpu")
+    gen.manual_seed(int(ids.astype(np.int64).astype(np.uint64).sum() % np.uint64(2**62)))
+    return gen
+
+
+__all__ = ["Context", "ContextSpec", "ConditionalEstimator", "rows_generator"]
