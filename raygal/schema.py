@@ -103,6 +103,14 @@ class Transform:
         """Boolean mask of values the transform accepts (nulls/NaN are False)."""
         return np.isfinite(np.asarray(x, dtype=np.float64))
 
+    def display(self, x: np.ndarray) -> np.ndarray:
+        """Catalog values in the space figures show them in (decimal logs where logs)."""
+        return np.asarray(x, dtype=np.float64)
+
+    def display_label(self, name: str) -> str:
+        """The TeX label (without $) of ``display`` values of a quantity called ``name``."""
+        return name
+
     def __str__(self) -> str:
         return self.name
 
@@ -127,6 +135,13 @@ class _Log10(Transform):
         with np.errstate(invalid="ignore"):
             return np.isfinite(x) & (x > 0)
 
+    def display(self, x):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.log10(np.asarray(x, dtype=np.float64))
+
+    def display_label(self, name):
+        return rf"\log_{{10}}\,{name}"
+
 
 class _Log1p(Transform):
     """log(1 + x): for emission-line fluxes, which can be zero (or slightly negative)."""
@@ -146,6 +161,14 @@ class _Log1p(Transform):
         x = np.asarray(x, dtype=np.float64)
         with np.errstate(invalid="ignore"):
             return np.isfinite(x) & (x > -1)
+
+    def display(self, x):
+        # log10(1 + F) rather than ln(1 + F): decimal logs read as magnitudes of flux.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.log10(1.0 + np.asarray(x, dtype=np.float64))
+
+    def display_label(self, name):
+        return rf"\log_{{10}}(1+{name})"
 
 
 IDENTITY, LOG10, LOG1P = Transform(), _Log10(), _Log1p()
@@ -292,7 +315,7 @@ def galaxy_schema(cutout_shape: tuple[int, int, int] | None = None,
     for t in TARGETS.values():
         fields.append(pa.field(t.name, pa.float32(),
                                metadata={"unit": t.unit, "description": t.description,
-                                         "transform": t.transform}))
+                                         "transform": t.transform.name}))
     fields.append(pa.field(FLAGS_COLUMN, pa.int32(), nullable=False))
     fields.append(pa.field(SOURCE_COLUMN, pa.string()))
     fields += list(extra or [])

@@ -84,25 +84,13 @@ def _unit_tex(unit: str) -> str:
 def display(t: str, x) -> np.ndarray:
     """Physical values of target ``t`` in the space figures show them in: as they are for
     identity targets, log10 for ``sigma_v``, log10(1 + F) for line fluxes (which can be 0)."""
-    x = np.asarray(x, dtype=np.float64)
-    tr = get_target(t).transform
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if tr == "log10":
-            return np.log10(x)
-        if tr == "log1p":
-            return np.log10(1.0 + x)
-    return x
+    return get_target(t).transform.display(x)
 
 
 def label(t: str, with_unit: bool = True) -> str:
     """An axis label of target ``t`` in its display space, with its unit."""
     tg = get_target(t)
-    name = (tg.latex or t).strip("$")
-    if tg.transform == "log10":
-        name = rf"\log_{{10}}\,{name}"
-    elif tg.transform == "log1p":
-        name = rf"\log_{{10}}(1+{name})"
-    s = f"${name}$"
+    s = f"${tg.transform.display_label((tg.latex or t).strip('$'))}$"
     if with_unit and tg.unit:
         s += f" [{_unit_tex(tg.unit)}]"
     return s
