@@ -341,6 +341,35 @@ def pixel_scale_of(schema: pa.Schema) -> float | None:
     return float(v) if v is not None else None
 
 
+def cutout_properties(schema: pa.Schema) -> dict | None:
+    """What the cutouts of a schema are: {'shape', 'unit', 'bands', 'pixel_scale'} (None where
+    not recorded), or None for a photometry-only schema. Models record it at training, and
+    inference refuses cutouts that differ (a model trained on nanomaggies gives confident
+    nonsense on display-stretched JPEGs of the same shape)."""
+    if CUTOUT_COLUMN not in schema.names:
+        return None
+    md = {k.decode(): v.decode() for k, v in (schema.field(CUTOUT_COLUMN).metadata or {}).items()}
+    return {"shape": list(cutout_shape_of(schema)), "unit": md.get("unit"),
+            "bands": md.get("bands"), "pixel_scale": pixel_scale_of(schema)}
+
+
+def cutout_mismatch(trained: dict | None, data: dict | None) -> list[str]:
+    """How the cutouts ``data`` (``cutout_properties``) differ from those a model was
+    ``trained`` on: one phrase per property, empty when they agree (or nothing is known)."""
+    if not trained or not data:
+        return []
+    out = []
+    for key in ("shape", "unit", "bands", "pixel_scale"):
+        a, b = trained.get(key), data.get(key)
+        if a is None and b is None:
+            continue
+        same = (a is not None and b is not None and abs(float(a) - float(b)) < 1e-3 * float(a)
+                ) if key == "pixel_scale" else a == b
+        if not same:
+            out.append(f"{key} {b!r} (trained on {a!r})")
+    return out
+
+
 REQUIRED_COLUMNS = (ID_COLUMN, *MAG_COLUMNS, FLAGS_COLUMN)
 
 

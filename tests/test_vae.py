@@ -120,3 +120,41 @@ def test_save_load_round_trip(tmp_path):
     # a VAE folder is a raygal model, but not a posterior
     with pytest.raises(ValueError, match="vae"):
         load_posterior(uri)
+
+
+def test_kl_warmup_ramps_beta_and_counts_training_steps():
+    vae = VAE({"image_shape": [3, 16, 16], "latent": 4, "channels": [4, 4, 4], "fc_hidden": 8,
+               "beta": 2.0, "kl_warmup_steps": 4})
+    x = torch.randn(3, 3, 16, 16)
+    assert vae.kl_weight() == 0.0
+    vae.train()
+    for step in range(1, 6):
+        vae.loss(x)
+        assert vae.kl_weight() == pytest.approx(2.0 * min(1.0, step / 4))
+    vae.eval()
+    vae.loss(x)                                    # validation does not advance the ramp
+    assert int(vae.steps) == 5
+    again = VAE(vae.config)
+    again.load_state_dict(vae.state_dict())       # the ramp survives a checkpoint
+    assert again.kl_weight() == pytest.approx(2.0)
+
+
+def test_free_bits_floor_each_dimension_kl():
+    torch.manual_seed(0)
+    cfg = {"image_shape": [3, 16, 16], "latent": 4, "channels": [4, 4, 4], "fc_hidden": 8}
+    plain, floored = VAE(cfg), VAE({**cfg, "free_bits": 5.0})
+    floored.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 16, 16)
+    g = torch.Generator().manual_seed(1)
+    a = plain.loss(x, torch.Generator().manual_seed(1))
+    b = floored.loss(x, g)
+    # every dimension's KL is far below 5 nats at initialisation: the floor counts 4 x 5
+    assert float(b["loss"].detach() - b["recon"]) == pytest.approx(20.0)
+    assert float(a["kl"]) == pytest.approx(float(b["kl"]))          # the reported KL is true
+
+
+def test_active_units_counts_latents_that_vary():
+    from raygal.models.vae import active_units
+
+    mu = torch.cat([torch.randn(200, 3), 1e-3 * torch.randn(200, 5)], dim=1)
+    assert active_units(mu) == 3

@@ -33,6 +33,8 @@ VAE_DEFAULTS = {
     "channels": [32, 64, 128],    # the three stride-2 conv layers
     "fc_hidden": 256,             # FC layer between the conv stack and mu / log-variance
     "beta": 1.0,                  # weight of the KL term (beta-VAE)
+    "kl_warmup_steps": 0,         # beta rises linearly from 0 over this many training steps
+    "free_bits": 0.0,             # nats per latent dimension the KL term does not penalise
 }
 
 # log-variance bounds: keep exp() finite on wild inputs without touching sensible values.
@@ -55,6 +57,10 @@ def vae_config(config: dict | None = None) -> dict:
     c["latent"] = int(c["latent"])
     c["fc_hidden"] = int(c["fc_hidden"])
     c["beta"] = float(c["beta"])
+    c["kl_warmup_steps"] = int(c["kl_warmup_steps"])
+    c["free_bits"] = float(c["free_bits"])
+    if c["beta"] < 0 or c["free_bits"] < 0 or c["kl_warmup_steps"] < 0:
+        raise ValueError("beta, free_bits and kl_warmup_steps must be >= 0")
     return c
 
 
@@ -123,12 +129,18 @@ class VAE(nn.Module):
 
     Args:
         config: ``image_shape`` ([3, 64, 64]; H, W multiples of 8), ``latent`` (32),
-            ``channels`` ([32, 64, 128]), ``fc_hidden`` (256), ``beta`` (1.0, the KL weight).
+            ``channels`` ([32, 64, 128]), ``fc_hidden`` (256), ``beta`` (1.0, the KL weight),
+            ``kl_warmup_steps`` (0), ``free_bits`` (0.0): the paper's VAE by default, with the
+            two standard remedies against posterior collapse available.
 
     ``loss(x)`` = per-image sum of squared errors + beta * KL(q(z|x) || N(0, I)), both
     averaged over the batch (a unit-variance Gaussian likelihood in stretched-pixel units:
     with a per-pixel mean instead the KL term would swamp reconstruction and the posterior
-    would collapse to the prior).
+    would collapse to the prior). Against collapse (latents that carry nothing, so the flows
+    see no morphology): KL warm-up (Bowman et al. 2016), beta rising linearly from 0 over the
+    first ``kl_warmup_steps`` training steps; free bits (Kingma et al. 2016), each latent
+    dimension's batch-mean KL counted as at least ``free_bits`` nats, so the optimiser gains
+    nothing by pushing a dimension below it. ``active_units`` counts the latents in use.
     """
 
     def __init__(self, config: dict | None = None):
@@ -136,6 +148,8 @@ class VAE(nn.Module):
         self.config = vae_config(config)
         self.encoder = VAEEncoder(self.config)
         self.decoder = VAEDecoder(self.config)
+        # Training steps taken (for the KL warm-up); saved, so a resumed run continues it.
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     @classmethod
     def from_config(cls, config: dict) -> "VAE":
@@ -173,14 +187,25 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar, generator)), mu, logvar
 
+    def kl_weight(self) -> float:
+        """beta, ramped up over the first ``kl_warmup_steps`` training steps."""
+        warm = self.config["kl_warmup_steps"]
+        ramp = min(1.0, float(self.steps) / warm) if warm else 1.0
+        return self.config["beta"] * ramp
+
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None
              ) -> dict[str, torch.Tensor]:
-        """{'loss', 'recon', 'kl'}: recon and KL per image, averaged over the batch."""
+        """{'loss', 'recon', 'kl'}: recon and KL per image, averaged over the batch. In
+        training mode each call counts one step of the KL warm-up."""
         recon, mu, logvar = self(x, generator)
         rec = ((recon - x) ** 2).flatten(1).sum(1).mean()
-        kl = (0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)).sum(1).mean()
-        loss = rec + self.config["beta"] * kl
-        return {"loss": loss, "recon": rec.detach(), "kl": kl.detach()}
+        kl_dim = kl_per_dim_nats(mu, logvar)                          # [latent]
+        free = self.config["free_bits"]
+        kl_term = (kl_dim.clamp_min(free) if free else kl_dim).sum()
+        loss = rec + self.kl_weight() * kl_term
+        if self.training:
+            self.steps += 1
+        return {"loss": loss, "recon": rec.detach(), "kl": kl_dim.sum().detach()}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -243,7 +268,9 @@ class VAEModel(SavedModel):
 
     @staticmethod
     def migrate_v1(state: dict) -> dict:
-        return {f"vae.{k}": v for k, v in state.items()}
+        state = {f"vae.{k}": v for k, v in state.items()}
+        state.setdefault("vae.steps", torch.zeros((), dtype=torch.long))
+        return state
 
     def forward(self, prepared: dict) -> dict[str, torch.Tensor]:
         x = torch.as_tensor(prepared["image"]).to(self.device, torch.float32)
@@ -273,5 +300,16 @@ def kl_per_dim_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)).mean(0)
 
 
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions in use (Burda, Grosse & Salakhutdinov 2016): those whose posterior
+    mean varies across images, Var_x(E[z | x]) > ``threshold``. ``mu`` is [N, latent] over a
+    sample of images; a collapsed dimension's mean is the same for every image.
+
+    >>> active_units(torch.cat([torch.randn(100, 2), torch.zeros(100, 3)], dim=1))
+    2
+    """
+    return int((mu.var(dim=0) > threshold).sum())
+
+
 __all__ = ["VAE", "VAEModel", "VAEEncoder", "VAEDecoder", "VAE_DEFAULTS", "vae_config", "save_vae",
-           "load_vae", "kl_per_dim_nats"]
+           "load_vae", "kl_per_dim_nats", "active_units"]

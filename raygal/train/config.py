@@ -35,8 +35,10 @@ import yaml
 
 from .. import storage
 from ..schema import CFM_TARGETS, NF_CORE_TARGETS, NF_LINE_TARGETS, parse_targets
+from ..inputs import INPUT_KINDS
+from ..models.registry import TRAINABLE_KINDS
 
-MODEL_KINDS = ("vae", "nf", "cfm", "gaussian")
+MODEL_KINDS = TRAINABLE_KINDS
 
 #: The papers' optimiser settings and target sets, per model.
 MODEL_DEFAULTS = {
@@ -71,7 +73,6 @@ class TrainConfig:
     split: tuple = (0.8, 0.1, 0.1)
     max_rows: int | None = None
     model_config: dict = field(default_factory=dict)
-    # Testing hook: make worker rank 1 exit once at this epoch (fault-tolerance tests).
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
@@ -82,10 +83,11 @@ class TrainConfig:
         self.batch_size = int(self.batch_size or d["batch_size"])
         self.targets = parse_targets(self.targets or d["targets"])
         self.split = tuple(float(x) for x in self.split)
-        if self.inputs not in ("image+phot", "phot"):
-            raise ValueError(f"inputs must be 'image+phot' or 'phot', not {self.inputs!r}")
-        if self.model == "vae" and self.inputs != "image+phot":
-            raise ValueError("a VAE needs images (inputs=image+phot)")
+        if self.inputs not in INPUT_KINDS:
+            raise ValueError(f"inputs must be one of {', '.join(INPUT_KINDS)}, not "
+                             f"{self.inputs!r}")
+        if self.model == "vae" and self.inputs == "phot":
+            raise ValueError("a VAE needs images (inputs=image+phot or image)")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.workers < 1 or self.epochs < 1:

@@ -14,6 +14,7 @@ loses at most the epoch in progress); use a new ``out`` for a fresh run.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -24,9 +25,9 @@ from ray.train import UserCallback
 from .. import storage
 from ..pipelines import augment, read_dataset, split, stats_for
 from ..shards import read_schema
-from ..inputs import NormStats, row_status
+from ..inputs import NormStats
 from ..schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS,
-                      cutout_shape_of)
+                      cutout_properties, cutout_shape_of)
 from .config import TrainConfig
 from .loop import build_model, load_checkpoint_state, train_loop_per_worker
 
@@ -36,14 +37,14 @@ FEATURES_COLUMN = "vae_features"
 
 
 class _UsableRows:
-    """Keep the rows a model can train on (finite photometry, a usable cutout when the model
-    uses images); the rest are counted by ``count_unusable`` and left out of training."""
+    """Keep the rows a model can train on: those its inputs adapter gives status 'ok' (finite
+    photometry, a usable cutout when the model uses images)."""
 
-    def __init__(self, needs_image):
-        self.needs_image = needs_image
+    def __init__(self, model_inputs):
+        self.model_inputs = model_inputs
 
     def __call__(self, batch):
-        keep = row_status(batch, self.needs_image) == "ok"
+        keep = self.model_inputs.status(batch) == "ok"
         return {k: v[keep] for k, v in batch.items()}
 
 
@@ -52,7 +53,7 @@ def training_columns(cfg: TrainConfig, names) -> list[str]:
     cols += [t for t in cfg.targets if t in names]
     if cfg.model == "nf" and "oh12" not in cols and "oh12" in names:
         cols.append("oh12")
-    if cfg.inputs == "image+phot":
+    if cfg.inputs != "phot":
         if FEATURES_COLUMN in names and cfg.model == "nf":
             cols.append(FEATURES_COLUMN)
         else:
@@ -114,14 +115,20 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
     from ray.train.torch import TorchTrainer
 
     data_uri = cfg.data
-    if cfg.model == "nf" and cfg.inputs == "image+phot":
+    if cfg.model == "nf" and cfg.inputs != "phot":
         from .features_job import ensure_features
 
         data_uri = ensure_features(cfg.vae, cfg.data)
     schema = read_schema(data_uri)
     stats = stats or stats_for(cfg.data)
     image_shape = cutout_shape_of(schema)
-    if cfg.inputs == "image+phot" and image_shape is None and FEATURES_COLUMN not in \
+    if cfg.inputs != "phot":
+        # What the cutouts are (unit, bands, pixel scale) goes into the model, so that
+        # inference can refuse cutouts of another kind.
+        props = cutout_properties(read_schema(cfg.data))
+        if props:
+            cfg = dataclasses.replace(cfg, model_config={**cfg.model_config, "cutout": props})
+    if cfg.inputs != "phot" and image_shape is None and FEATURES_COLUMN not in \
             schema.names:
         raise ValueError(f"{cfg.data}: no cutout column; train a photometry-only model "
                          f"(--inputs phot) on this catalog")
@@ -130,11 +137,11 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
         raise ValueError(f"{cfg.data}: dataset has no column for target(s) "
                          f"{', '.join(missing)}")
     cols = training_columns(cfg, schema.names)
-    needs_image = cfg.inputs == "image+phot" and CUTOUT_COLUMN in cols
+    needs_image = cfg.inputs != "phot" and CUTOUT_COLUMN in cols
     # The model's own inputs adapter prepares every row in Ray Data (colours, asinh stretch,
     # standardised targets), so CPU preprocessing overlaps training on the workers.
     prepare = build_model(cfg.to_dict(), stats, image_shape).model_inputs
-    ds = read_dataset(data_uri, columns=cols).map_batches(_UsableRows(needs_image),
+    ds = read_dataset(data_uri, columns=cols).map_batches(_UsableRows(prepare),
                                                           batch_format="numpy")
     parts = split(ds, cfg.split)
     train_ds, val_ds = parts["train"], parts["val"]
