@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, TARGETS,
+from .schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS, TARGETS,
                      get_target)
 
 #: Photometric input features, in order: the four colours and the r-band magnitude.
@@ -24,6 +24,8 @@ STATUS_OK = "ok"
 STATUS_BAD_PHOT = "bad_photometry"
 STATUS_MISSING_CUTOUT = "missing_cutout"
 STATUS_BAD_CUTOUT = "bad_cutout"
+STATUS_MISSING_MAGERR = "missing_magerr"
+STATUS_MISSING_REDSHIFT = "missing_redshift"
 
 
 def as_numpy_batch(batch) -> dict[str, np.ndarray]:
@@ -76,6 +78,16 @@ def phot_matrix(batch: dict) -> np.ndarray:
         raise KeyError(f"batch lacks photometry column(s) {', '.join(missing)}")
     mags = np.stack([_float(batch[c]) for c in MAG_COLUMNS], axis=1)
     return np.concatenate([mags[:, :-1] - mags[:, 1:], mags[:, 2:3]], axis=1)
+
+
+def magerr_matrix(batch: dict) -> np.ndarray:
+    """[B, 5] ugriz magnitude errors; NaN where missing (or non-positive)."""
+    missing = [c for c in MAGERR_COLUMNS if c not in batch]
+    if missing:
+        raise KeyError(f"batch lacks magnitude-error column(s) {', '.join(missing)}")
+    e = np.stack([_float(batch[c]) for c in MAGERR_COLUMNS], axis=1)
+    with np.errstate(invalid="ignore"):
+        return np.where(e > 0, e, np.nan)
 
 
 def cutout_array(batch: dict) -> np.ndarray | None:
@@ -191,6 +203,8 @@ class NormStats:
     target_count: dict = field(default_factory=dict)
     cutout_scale: list | None = None                    # per-channel RMS, for asinh(x / scale)
     n_rows: int = 0
+    magerr_mean: list | None = None                     # of log10(magnitude error), per band
+    magerr_std: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,6 +223,16 @@ class NormStats:
     # -- transforms used by every model ---------------------------------------------------
     def norm_phot(self, phot: np.ndarray) -> np.ndarray:
         return ((phot - np.asarray(self.phot_mean)) / np.asarray(self.phot_std)).astype(np.float32)
+
+    def norm_magerr(self, err: np.ndarray) -> np.ndarray:
+        """[B, 5] magnitude errors -> standardised log10 errors."""
+        if self.magerr_mean is None:
+            raise ValueError("normalisation statistics have no magnitude-error statistics (a "
+                             "catalog without magerr_* columns?)")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log10(err)
+        return ((x - np.asarray(self.magerr_mean)) / np.asarray(self.magerr_std)
+                ).astype(np.float32)
 
     def norm_cutout(self, img: np.ndarray) -> np.ndarray:
         """asinh stretch per channel: keeps faint outskirts and bright cores both in range."""
@@ -232,6 +256,7 @@ class StatsAccumulator:
         self.p = np.zeros((3, N_PHOT))            # count, sum, sum of squares
         self.t = {t: np.zeros(3) for t in self.targets}
         self.c: np.ndarray | None = None           # per channel: pixel count, sum of squares
+        self.e = np.zeros((3, len(MAGERR_COLUMNS)))  # log10 magnitude errors
 
     def update(self, batch) -> "StatsAccumulator":
         batch = as_numpy_batch(batch)
@@ -244,6 +269,13 @@ class StatsAccumulator:
         for j, name in enumerate(self.targets):
             v = y[:, j][np.isfinite(y[:, j])]
             self.t[name] += [len(v), v.sum(), (v ** 2).sum()]
+        if all(c in batch for c in MAGERR_COLUMNS):
+            e = magerr_matrix(batch)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                le = np.log10(e)
+            fin = np.isfinite(le)
+            le = np.where(fin, le, 0.0)
+            self.e += np.stack([fin.sum(0), le.sum(0), (le ** 2).sum(0)])
         img = cutout_array(batch)
         if img is not None and img.size:
             good = np.isfinite(img.reshape(len(img), -1)).all(axis=1) & ok
@@ -260,6 +292,7 @@ class StatsAccumulator:
             self.t[k] += other.t[k]
         if other.c is not None:
             self.c = other.c.copy() if self.c is None else self.c + other.c
+        self.e = self.e + other.e
         return self
 
     @staticmethod
@@ -280,22 +313,47 @@ class StatsAccumulator:
         scale = None
         if self.c is not None:
             scale = [float(max(np.sqrt(ss / cnt), 1e-12)) for cnt, ss in self.c.T]
-        return NormStats(list(pm), list(ps), tm, ts, tc, scale, int(self.n))
+        em = es = None
+        if (self.e[0] >= 2).all():
+            em, es = (list(v) for v in zip(*(self._mean_std(*self.e[:, j])
+                                              for j in range(self.e.shape[1]))))
+        return NormStats(list(pm), list(ps), tm, ts, tc, scale, int(self.n), em, es)
 
 
 # ----------------------------------------------------------------------------------------------
 # The adapter from rows to network inputs
 # ----------------------------------------------------------------------------------------------
 
-#: What a model sees: cutouts and photometry, photometry only, or cutouts only.
-INPUT_KINDS = ("image+phot", "phot", "image")
+#: What a model can see, joined with '+' in this order: the cutout, the photometry (colours
+#: and r magnitude), the magnitude errors, the (spectroscopic) redshift.
+INPUT_COMPONENTS = ("image", "phot", "err", "z")
+#: The input kinds the command line offers.
+INPUT_KINDS = ("image+phot", "phot", "image", "phot+err", "image+phot+err", "phot+z",
+               "phot+err+z", "image+phot+z", "image+phot+err+z")
+
+
+def parse_inputs(kind: str) -> tuple[str, ...]:
+    """'image+phot+z' -> ('image', 'phot', 'z'): the components of an input kind, checked.
+
+    >>> parse_inputs("phot+z")
+    ('phot', 'z')
+    """
+    parts = tuple(p.strip() for p in str(kind).split("+"))
+    unknown = [p for p in parts if p not in INPUT_COMPONENTS]
+    if unknown or not parts or len(set(parts)) != len(parts):
+        raise ValueError(f"inputs must be one of {INPUT_KINDS} (components "
+                         f"{'+'.join(INPUT_COMPONENTS)}), not {kind!r}")
+    if ("err" in parts or "z" in parts) and "phot" not in parts:
+        raise ValueError(f"inputs {kind!r}: magnitude errors and redshift go with 'phot'")
+    return tuple(c for c in INPUT_COMPONENTS if c in parts)
 
 
 class ModelInputs:
     """The one adapter from galaxy rows to the float32 arrays the estimators take.
 
     Args:
-        kind: 'image+phot', 'phot' or 'image' (``INPUT_KINDS``).
+        kind: which inputs (``INPUT_KINDS``): 'image+phot', 'phot', 'image', and photometry
+            with its magnitude errors ('+err') and/or the redshift ('+z').
         stats: normalisation statistics of the training data.
         targets: the model's targets, in order (for ``theta`` and ``prepare``).
         image_shape: [C, H, W] the model was trained on; other shapes are refused.
@@ -305,7 +363,8 @@ class ModelInputs:
 
     ``arrays(batch)`` gives, for the rows asked for:
 
-    - ``phot`` [B, 5]: standardised colours and r magnitude (kinds with photometry);
+    - ``phot`` [B, P]: standardised colours and r magnitude (P = 5), then the standardised
+      log10 magnitude errors (5 more with 'err'), then the standardised redshift ('z');
     - ``image`` [B, C, H, W]: asinh-stretched cutouts, or ``features`` [B, F] when the batch
       carries ``features_column`` (kinds with images).
 
@@ -325,9 +384,8 @@ class ModelInputs:
 
     def __init__(self, kind: str, stats: NormStats, targets=(), image_shape=None,
                  features_column: str | None = None, feature_dim: int | None = None):
-        if kind not in INPUT_KINDS:
-            raise ValueError(f"inputs must be one of {INPUT_KINDS}, not {kind!r}")
-        self.kind = kind
+        self.components = parse_inputs(kind)
+        self.kind = "+".join(self.components)
         self.stats = stats
         self.targets = tuple(targets)
         self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
@@ -336,11 +394,30 @@ class ModelInputs:
 
     @property
     def uses_phot(self) -> bool:
-        return self.kind != "image"
+        return "phot" in self.components
 
     @property
     def uses_image(self) -> bool:
-        return self.kind != "phot"
+        return "image" in self.components
+
+    @property
+    def n_phot(self) -> int:
+        """Width P of the ``phot`` array (0 without photometry)."""
+        c = self.components
+        return ("phot" in c) * N_PHOT + ("err" in c) * len(MAGERR_COLUMNS) + ("z" in c)
+
+    def _phot(self, b: dict) -> np.ndarray:
+        """[B, P] standardised photometric inputs (NaN where missing)."""
+        parts = [self.stats.norm_phot(phot_matrix(b))]
+        if "err" in self.components:
+            parts.append(self.stats.norm_magerr(magerr_matrix(b)))
+        if "z" in self.components:
+            if "z" not in b:
+                raise ValueError("this model takes the redshift as an input but the batch has "
+                                 "no 'z' column")
+            m, s = self.stats.target_arrays(["z"])
+            parts.append(((_float(b["z"]) - m[0]) / s[0]).astype(np.float32)[:, None])
+        return np.concatenate(parts, axis=1)
 
     def _has_features(self, b: dict) -> bool:
         return self.uses_image and bool(self.features_column) and self.features_column in b
@@ -360,6 +437,12 @@ class ModelInputs:
         b = as_numpy_batch(batch)
         uses_features = self._has_features(b)
         status = row_status(b, self.uses_image and not uses_features, self.uses_phot)
+        if "err" in self.components:
+            bad = ~np.isfinite(magerr_matrix(b)).all(axis=1)
+            status[bad & (status == STATUS_OK)] = STATUS_MISSING_MAGERR
+        if "z" in self.components:
+            bad = ~np.isfinite(_float(b["z"])) if "z" in b else np.ones(len(status), bool)
+            status[bad & (status == STATUS_OK)] = STATUS_MISSING_REDSHIFT
         if uses_features:
             feats = self._features(b)
             bad = ~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)
@@ -373,7 +456,7 @@ class ModelInputs:
         rows = np.arange(batch_size(b)) if rows is None else rows
         out = {}
         if self.uses_phot:
-            out["phot"] = self.stats.norm_phot(phot_matrix(b)[rows])
+            out["phot"] = self._phot(b)[rows]
         if self._has_features(b):
             out["features"] = np.ascontiguousarray(self._features(b)[rows])
         elif self.uses_image:
@@ -401,6 +484,12 @@ class ModelInputs:
         b = as_numpy_batch(batch)
         check_training_batch(b, self.targets, self.uses_image and not self._has_features(b),
                              self.uses_phot)
+        bad = self.status(b) != STATUS_OK
+        if bad.any():
+            ids = np.asarray(b.get(ID_COLUMN, np.arange(batch_size(b))))
+            raise ValueError(f"{int(bad.sum())} training row(s) unusable for inputs "
+                             f"{self.kind!r} ({self.status(b)[bad][0]}), e.g. objid "
+                             f"{ids[bad][0]}; filter them out first")
         out = self.arrays(b)
         out["theta"] = self.theta(b)
         out["objid"] = np.asarray(b.get(ID_COLUMN, np.arange(batch_size(b))), np.int64)

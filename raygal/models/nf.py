@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..inputs import NormStats
+from ..inputs import NormStats, parse_inputs
 from ..schema import NF_CORE_TARGETS, NF_LINE_TARGETS, NF_METALLICITY_TARGET, parse_targets
 from .estimator import ConditionalEstimator, Context
 from .flows import ConditionalFlow, build_flow
@@ -325,7 +325,7 @@ class FlowPosterior(NeuralPosterior):
                              ) -> "FlowPosterior":
         """As ``NeuralPosterior``'s, with the frozen encoder of the trained VAE ``cfg['vae']``
         for image inputs."""
-        if cfg["inputs"] == "phot":
+        if "image" not in parse_inputs(cfg["inputs"]):
             return super().from_training_config(cfg, stats, image_shape)
         from .vae import load_vae
 
@@ -341,13 +341,14 @@ class FlowPosterior(NeuralPosterior):
         """A FlowPosterior whose frozen encoder is a copy of ``vae``'s (trained) encoder.
         ``inputs='phot'`` ignores ``vae`` (it may be None)."""
         config = dict(config or {})
-        if inputs != "phot":
+        uses_image = "image" in parse_inputs(inputs)
+        if uses_image:
             if vae is None:
                 raise ValueError(f"an {inputs} FlowPosterior needs a trained VAE")
             config["vae"] = dict(vae.config)
             config["image_shape"] = list(vae.config["image_shape"])
         model = cls(targets, inputs, stats, config)
-        if inputs != "phot":
+        if uses_image:
             model.estimator.encoder.load_state_dict(vae.encoder.state_dict())
             model.to(next(vae.parameters()).device)
         return model

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .. import storage
-from ..inputs import (N_PHOT, STATUS_OK, ModelInputs, NormStats, as_numpy_batch, batch_size)
+from ..inputs import STATUS_OK, ModelInputs, NormStats, as_numpy_batch, batch_size
 from ..schema import get_target, parse_targets
 from .estimator import ConditionalEstimator, Context, ContextSpec, rows_generator
 from .registry import model_class
@@ -168,7 +168,7 @@ class Posterior(abc.ABC):
 
     @property
     def uses_image(self) -> bool:
-        return self.inputs != "phot"
+        return "image" in self.inputs.split("+")
 
     @property
     def solver(self) -> str | None:
@@ -318,7 +318,7 @@ class SavedModel(nn.Module):
         """A freshly initialised model for a training config (``TrainConfig.to_dict()``):
         its targets, inputs and ``model_config``; ``image_shape`` is the data's cutouts'."""
         mc = dict(cfg.get("model_config") or {})
-        if image_shape is not None and cfg["inputs"] != "phot":
+        if image_shape is not None and ModelInputs(cfg["inputs"], stats).uses_image:
             mc.setdefault("image_shape", list(image_shape))
         return cls(cfg["targets"], cfg["inputs"], stats, mc)
 
@@ -418,12 +418,12 @@ class NeuralPosterior(SavedModel, Posterior):
         if targets is not None and not targets:
             raise ValueError("a posterior needs at least one target")
         config = dict(config or {})
-        # The adapter validates the input kind before any network is built.
-        ModelInputs(inputs, stats)
+        # The adapter checks the input kind before any network is built.
+        probe = ModelInputs(inputs, stats)
+        inputs = probe.kind
         image_shape = config.get("image_shape")
-        spec = ContextSpec(N_PHOT if inputs != "image" else 0,
-                           (tuple(image_shape) if image_shape else (3,))
-                           if inputs != "phot" else None)
+        spec = ContextSpec(probe.n_phot, (tuple(image_shape) if image_shape else (3,))
+                           if probe.uses_image else None)
         self.estimator = self.estimator_class(targets, spec, config)
         self.config = self.estimator.config
         self.targets = self.estimator.targets

@@ -25,7 +25,7 @@ from ray.train import UserCallback
 from .. import storage
 from ..pipelines import augment, read_dataset, split, stats_for
 from ..shards import read_schema
-from ..inputs import NormStats
+from ..inputs import NormStats, parse_inputs
 from ..schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS,
                       cutout_properties, cutout_shape_of)
 from .config import TrainConfig
@@ -53,7 +53,9 @@ def training_columns(cfg: TrainConfig, names) -> list[str]:
     cols += [t for t in cfg.targets if t in names]
     if cfg.model == "nf" and "oh12" not in cols and "oh12" in names:
         cols.append("oh12")
-    if cfg.inputs != "phot":
+    if "z" in parse_inputs(cfg.inputs):
+        cols.append("z")
+    if "image" in parse_inputs(cfg.inputs):
         if FEATURES_COLUMN in names and cfg.model == "nf":
             cols.append(FEATURES_COLUMN)
         else:
@@ -115,20 +117,21 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
     from ray.train.torch import TorchTrainer
 
     data_uri = cfg.data
-    if cfg.model == "nf" and cfg.inputs != "phot":
+    uses_image = "image" in parse_inputs(cfg.inputs)
+    if cfg.model == "nf" and uses_image:
         from .features_job import ensure_features
 
         data_uri = ensure_features(cfg.vae, cfg.data)
     schema = read_schema(data_uri)
     stats = stats or stats_for(cfg.data)
     image_shape = cutout_shape_of(schema)
-    if cfg.inputs != "phot":
+    if uses_image:
         # What the cutouts are (unit, bands, pixel scale) goes into the model, so that
         # inference can refuse cutouts of another kind.
         props = cutout_properties(read_schema(cfg.data))
         if props:
             cfg = dataclasses.replace(cfg, model_config={**cfg.model_config, "cutout": props})
-    if cfg.inputs != "phot" and image_shape is None and FEATURES_COLUMN not in \
+    if uses_image and image_shape is None and FEATURES_COLUMN not in \
             schema.names:
         raise ValueError(f"{cfg.data}: no cutout column; train a photometry-only model "
                          f"(--inputs phot) on this catalog")
@@ -137,7 +140,7 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
         raise ValueError(f"{cfg.data}: dataset has no column for target(s) "
                          f"{', '.join(missing)}")
     cols = training_columns(cfg, schema.names)
-    needs_image = cfg.inputs != "phot" and CUTOUT_COLUMN in cols
+    needs_image = uses_image and CUTOUT_COLUMN in cols
     # The model's own inputs adapter prepares every row in Ray Data (colours, asinh stretch,
     # standardised targets), so CPU preprocessing overlaps training on the workers.
     prepare = build_model(cfg.to_dict(), stats, image_shape).model_inputs
