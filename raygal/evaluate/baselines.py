@@ -4,7 +4,7 @@ g-r, r-i, i-z and r), one per target, fitted in model space (log quantities in l
 rows and scored on the evaluated rows exactly as the posterior means are
 (``raygal.evaluate.scores``).
 
-Needs scikit-learn (``pip install 'raygal[baselines]'``, or scikit-learn >= 1.4).
+Needs scikit-learn >= 1.4 (a raygal dependency).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def check_available() -> None:
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        raise ImportError("raygal evaluate --baselines needs scikit-learn (>= 1.4): "
-                          "pip install 'raygal[baselines]'") from None
+        raise ImportError("raygal evaluate --baselines needs scikit-learn >= 1.4 (pip install "
+                          "'scikit-learn>=1.4')") from None
 
 
 def _make(name: str, seed: int):
