@@ -56,7 +56,7 @@ from . import plots as P
 from .data import align, load_joined, load_truth, read_rows, report_rows, subset
 from .page import Page, demote, markdown_to_html
 from .plots import corner, display, kauffmann03, kewley01, label
-from .scores import target_scores
+from .scores import catalog_scores
 from .tables import format_table, num
 
 log = logging.getLogger("raygal.report")
@@ -597,10 +597,7 @@ def _summary_table(truth: dict, runs: list[_Run]) -> str:
     lines = ["| run | target | R² | σ_NMAD | cov68 | cov95 | N |",
              "|---|---|---|---|---|---|---|"]
     for r in runs:
-        for t in r.targets:
-            if t not in truth or not np.isfinite(truth[t]).any():
-                continue
-            s = target_scores(r.cat, truth, t, transform=lambda x, t=t: display(t, x))
+        for t, s in catalog_scores(r.cat, truth, r.targets, transform=display).items():
             lines.append(f"| {r.label} | {t} | {s['r2']:.3f} | {s['sigma_nmad']:.3f} | "
                          f"{s['coverage68']:.3f} | {s['coverage95']:.3f} | {s['n']} |")
     return "\n".join(lines)

@@ -43,7 +43,7 @@ from . import calibration as C
 from . import metrics as M
 from .data import Joined, align, load_joined, read_rows, sample_rows
 from .populations import populations
-from .scores import catalog_scores, target_scores
+from .scores import catalog_scores, scored_targets, target_scores
 from .tables import format_table
 
 __all__ = ["evaluate", "format_table"]
@@ -65,41 +65,33 @@ def evaluate(posteriors: str, data: str, out_dir: str, model: str | None = None,
     module docstring. ``train_rows`` bounds the training rows read for the prior and the
     baselines; ``z_edges``/``mag_edges`` override the redshift / r-magnitude bins."""
     a = load_joined(posteriors, data, max_rows)
-    targets = a.targets
     result = {"catalog": posteriors, "data": data, "model": model or a.settings["model"],
               "out_dir": out_dir} | _catalog_metrics(a)
     pops, groups = populations(a.truth, z_edges, mag_edges)
     b = None
     if compare:
-        b = load_joined(compare, data, max_rows)
-        if b.targets != targets:
-            raise ValueError(f"{compare}: targets {b.targets} differ from {targets}; cannot "
-                             f"compare")
-        if not np.array_equal(b.ids, a.ids):
-            raise ValueError(f"{compare} and {posteriors} hold different rows of {data}; "
-                             f"cannot compare")
+        b = _load_compare(a, compare, data, max_rows)
         result["compare"] = {"catalog": compare, "labels": list(labels),
                              "model": compare_model or b.settings["model"],
                              **_catalog_metrics(b)}
-    training = None
-    if with_model or baselines:
-        training = _training_rows(data, prior_data, targets, train_rows, a.ids)
     storage.makedirs(out_dir)
+    ids = C.choose_ids(a.ids, _calibratable(a, b), calib_rows) if with_model else []
+    if with_model or baselines:
+        # Training rows never include a galaxy whose density is scored.
+        training = _training_rows(data, prior_data, a.targets, train_rows, ids)
     cs = {}
-    if with_model:
-        ids = C.choose_ids(a.ids, _calibratable(a, b), calib_rows)
-        if len(ids):
-            rows = read_rows(data, ids)
-            prior, result["prior"] = _fit_prior(training, a, ids, seed)
-            for key, res, name in (("a", result, C.SAMPLES_FILE),
-                                   ("b", result.get("compare"), C.COMPARE_SAMPLES_FILE)):
-                if res is not None:
-                    cs[key] = _calibrate(res, rows, samples, kl_samples, prior, seed, solver,
-                                         storage.join(out_dir, name))
-            if b is not None and prior is not None:
-                for k in ("delta_log_p", "kl"):
-                    result["compare"][f"win_rate_{k}"] = M.win_rate(cs["a"].per_galaxy[k],
-                                                                    cs["b"].per_galaxy[k])
+    if len(ids):
+        rows = read_rows(data, ids)
+        prior, result["prior"] = _fit_prior(training, a, ids, seed)
+        for key, res, name in (("a", result, C.SAMPLES_FILE),
+                               ("b", result.get("compare"), C.COMPARE_SAMPLES_FILE)):
+            if res is not None:
+                cs[key] = _calibrate(res, rows, samples, kl_samples, prior, seed, solver,
+                                     storage.join(out_dir, name))
+        if b is not None and prior is not None:
+            for k in ("delta_log_p", "kl"):
+                result["compare"][f"win_rate_{k}"] = M.win_rate(cs["a"].per_galaxy[k],
+                                                                cs["b"].per_galaxy[k])
     result["populations"] = _population_metrics(pops, groups, a, cs.get("a"))
     if b is not None:
         result["compare"]["populations"] = _population_metrics(pops, groups, b, cs.get("b"))
@@ -128,6 +120,18 @@ def _catalog_metrics(j: Joined) -> dict:
     return out
 
 
+def _load_compare(a: Joined, compare: str, data: str, max_rows: int) -> Joined:
+    """The second catalog, which must hold the same rows and targets as the first."""
+    b = load_joined(compare, data, max_rows)
+    if b.targets != a.targets:
+        raise ValueError(f"{compare}: targets {b.targets} differ from {a.targets}; cannot "
+                         f"compare")
+    if not np.array_equal(b.ids, a.ids):
+        raise ValueError(f"{compare}: not the same rows of {data} as the first catalog; "
+                         f"cannot compare")
+    return b
+
+
 def _population_metrics(pops, groups: dict, j: Joined, cs: C.CalibrationSamples | None
                         ) -> dict:
     """Per population: rows, per-target scores and, with calibration samples, the
@@ -137,9 +141,7 @@ def _population_metrics(pops, groups: dict, j: Joined, cs: C.CalibrationSamples 
     for p in pops:
         m = {"group": p.group, "selection": p.selection, "n": int(p.rows.sum()),
              "n_ok": int((p.rows & j.ok).sum()),
-             "targets": {t: target_scores(j.cat, j.truth, t, p.rows)
-                         for t in j.targets if t in j.truth
-                         and np.isfinite(j.truth[t]).any()}}
+             "targets": catalog_scores(j.cat, j.truth, j.targets, p.rows)}
         if cs is not None:
             m["information"] = C.summarize_information(cs.per_galaxy, p.rows[at])
         out[p.name] = m
@@ -153,8 +155,9 @@ def _population_metrics(pops, groups: dict, j: Joined, cs: C.CalibrationSamples 
 def _training_rows(data: str, prior_data: str | None, targets, max_rows: int, exclude
                    ) -> tuple[dict, dict]:
     """(rows, description): a uniform sample of the training rows' targets and photometry,
-    none of them an evaluated row: the ``train`` split of ``prior_data`` (all its rows if it
-    has no such split) or of ``data``; empty when ``data`` has no training split."""
+    leaving out ``exclude`` (the galaxies whose densities are scored): the ``train`` split of
+    ``prior_data`` (all its rows if it has no such split) or of ``data``; empty when ``data``
+    has no training split."""
     cols = [*targets, *MAG_COLUMNS]
     if prior_data:
         for split, what in (("train", "train split of the prior data"),
@@ -186,11 +189,12 @@ def _fit_prior(training: tuple[dict, dict], j: Joined, scored_ids, seed: int
     full = np.isfinite(y).all(1)
     desc["rows_complete"] = int(full.sum())
     if full.sum() < MIN_PRIOR_ROWS:
-        return None, {"missing": f"only {int(full.sum())} rows with every target known"}
+        return None, desc | {"missing": f"only {int(full.sum())} rows of the {desc['source']} "
+                                        f"have every target known"}
     try:
         prior = M.EmpiricalPrior().fit(y[full], max_points=PRIOR_POINTS, seed=seed)
     except ValueError as exc:          # degenerate targets (a constant column)
-        return None, {"missing": str(exc)}
+        return None, desc | {"missing": str(exc)}
     return prior, desc | {"kernel_centres": int(prior.points.shape[0])}
 
 
@@ -216,9 +220,12 @@ def _calibrate(res: dict, rows, samples: int, kl_samples: int, prior: M.Empirica
 
 def _calibratable(a: Joined, b: Joined | None) -> np.ndarray:
     """Rows a calibration subset may hold: status ok (in both catalogs when comparing, so both
-    are scored on the same galaxies) and at least one target known."""
+    are scored on the same galaxies), at least one target known, and outside the training
+    split (``raygal.pipelines.split_of``) unless every such row is in it."""
     known = np.isfinite(target_matrix(a.truth, a.targets)).any(1)
-    return a.ok & known & (b.ok if b is not None else True)
+    rows = a.ok & known & (b.ok if b is not None else True)
+    held_out = rows & (split_of(a.ids) != "train")
+    return held_out if held_out.any() else rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,36 +233,42 @@ def _calibratable(a: Joined, b: Joined | None) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 def _baselines(training: tuple[dict, dict], j: Joined, seed: int) -> dict:
-    """R^2, sigma_NMAD (...) of each baseline regressor per target, on the rows the posterior
-    means are scored on; fitted on the training rows or, without any, cross-fitted in two
-    halves of the evaluated rows (by objid hash)."""
+    """Scores (R^2, sigma_NMAD, ...) of each baseline regressor and of the posterior means per
+    target, on the same rows: the evaluated rows a baseline was not fitted on. Fitted on the
+    training rows or, without any, cross-fitted in two halves of the evaluated rows (by objid
+    hash)."""
     B.check_available()
     rows, desc = training
-    x_test = j.phot
-    cross = len(rows[ID_COLUMN]) < MIN_PRIOR_ROWS
-    if cross:
-        desc = {"source": "evaluated rows, two-fold cross-fitted (no training rows)"}
-        fold = hash_unit(~j.ids) < 0.5
-    else:
+    x = j.phot
+    if len(rows[ID_COLUMN]) >= MIN_PRIOR_ROWS:
+        scored = ~np.isin(j.ids, rows[ID_COLUMN])
         x_train = phot_matrix(rows)
+
+        def predict(name, t):
+            y = rows.get(t, np.full(len(x_train), np.nan))
+            return B.fit_predict(name, t, x_train, y, x, seed)
+    else:
+        desc = {"source": "evaluated rows, two-fold cross-fitted (no training rows)"}
+        scored = np.ones(len(j.ids), bool)
+        fold = hash_unit(~j.ids) < 0.5
+
+        def predict(name, t):
+            return B.cross_fit_predict(name, t, x, j.truth[t], fold, seed)
+
     keep = ("r2", "rmse", "bias", "sigma_nmad", "outlier_fraction", "n")
-    models = {}
+    targets = scored_targets(j.truth, j.targets)
+    models = {"posterior": {}}
+    for t in targets:
+        s = target_scores(j.cat, j.truth, t, scored)
+        models["posterior"][t] = {k: s[k] for k in keep}
     for name in B.BASELINES:
-        per = {}
-        for t in j.targets:
-            if t not in j.truth or not np.isfinite(j.truth[t]).any():
-                continue
-            if cross:
-                pred, k = B.cross_fit_predict(name, t, x_test, j.truth[t], fold, seed)
-            else:
-                pred, k = B.fit_predict(name, t, x_train, rows.get(t, np.full(len(x_train),
-                                                                             np.nan)),
-                                        x_test, seed)
-            s = target_scores(j.cat, j.truth, t, means=pred)
-            per[t] = {k_: s[k_] for k_ in keep} | {"n_train": k}
-        models[name] = per
-    return {"training": desc, "description": {n: B.DESCRIPTION[n] for n in B.BASELINES},
-            "models": models}
+        models[name] = {}
+        for t in targets:
+            pred, n_train = predict(name, t)
+            s = target_scores(j.cat, j.truth, t, scored, means=pred)
+            models[name][t] = {k: s[k] for k in keep} | {"n_train": n_train}
+    return {"training": desc | {"rows_scored": int(scored.sum())},
+            "description": {n: B.DESCRIPTION[n] for n in B.BASELINES}, "models": models}
 
 
 def _jsonable(o):

@@ -47,11 +47,15 @@ def target_scores(cat: dict, truth: dict, t: str, rows=None, transform=None,
     return res
 
 
+def scored_targets(truth: dict, targets) -> list[str]:
+    """The ``targets`` with a truth anywhere in ``truth`` (the others cannot be scored)."""
+    return [t for t in targets
+            if t in truth and np.isfinite(np.asarray(truth[t], dtype=np.float64)).any()]
+
+
 def catalog_scores(cat: dict, truth: dict, targets, rows=None, transform=None) -> dict:
-    """``{target: target_scores(...)}`` for the targets with a truth anywhere in ``truth``."""
-    out = {}
-    for t in targets:
-        if t in truth and np.isfinite(np.asarray(truth[t], dtype=np.float64)).any():
-            out[t] = target_scores(cat, truth, t, rows, None if transform is None
-                                   else (lambda x, t=t: transform(t, x)))
-    return out
+    """``{target: target_scores(...)}`` for the ``scored_targets``; ``transform(t, x)``, if
+    given, maps target t's values to the space of the point metrics."""
+    return {t: target_scores(cat, truth, t, rows, None if transform is None
+                             else (lambda x, t=t: transform(t, x)))
+            for t in scored_targets(truth, targets)}
