@@ -150,3 +150,32 @@ def test_bpt_demarcations_and_html():
     h = markdown_to_html("# T\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![c](x.png)\n\n*cap*\n")
     assert "<h1>T</h1>" in h and "<td>1</td>" in h and '<img src="x.png"' in h
     assert "<em>cap</em>" in h
+
+
+def test_report_reads_the_evaluation_samples_and_shows_what_the_image_adds(survey, tmp_path):
+    """An evaluation made with the models and --compare: the report takes its calibration
+    samples (no model and no kept samples are given, so it could not sample itself), states
+    the win rates, and shows cutouts beside both models' marginals."""
+    import json
+
+    from raygal.evaluate.run import evaluate
+
+    image, phot = survey["runs"]
+    ev_dir = tmp_path / "eval"
+    m = evaluate(image["catalog"], survey["data"], str(ev_dir), compare=phot["catalog"],
+                 labels=("image", "phot"), calib_rows=40, samples=60, kl_samples=4)
+    assert 0 <= m["compare"]["win_rate_delta_log_p"] <= 1
+    # As `raygal report --metrics image=EVAL_DIR` passes it: metrics.json and its folder.
+    saved = json.loads((ev_dir / "metrics.json").read_text()) | {"out_dir": str(ev_dir)}
+    runs = [{"label": "image", "catalog": image["catalog"], "model": None},
+            {"label": "phot", "catalog": phot["catalog"], "model": None}]
+    page = Path(make_report(str(tmp_path / "r"), survey["data"], runs,
+                            metrics={"image": saved}, max_points=150))
+    text = page.read_text()
+    figs = _figures(page)
+    assert {"calibration.png", "pit.png", "image_vs_phot_image.png"} <= set(figs)
+    assert "corner_image.png" not in figs            # that one needs the model
+    assert "60 samples from the model drawn by raygal evaluate (image)" in text
+    assert "has the higher Δlog p on" in text and "wins Δlog p on" in text
+    for name in figs:
+        assert (tmp_path / "r" / name).read_bytes()[:8] == PNG_SIGNATURE

@@ -341,8 +341,9 @@ def cutout_marginals(images: np.ndarray, names: list[str], labels: list[str],
             for v, (_, colour) in zip(vals, runs):
                 v = v[np.isfinite(v)]
                 if v.size:
-                    ax.hist(v, bins=30, range=r, density=True, histtype="step", color=colour,
-                            lw=1.4)
+                    bins = int(np.clip(1.5 * np.sqrt(v.size), 10, 30))
+                    ax.hist(v, bins=bins, range=r, density=True, histtype="step",
+                            color=colour, lw=1.4)
             if np.isfinite(truths[g, d]):
                 ax.axvline(truths[g, d], color="k", ls="--", lw=1)
             ax.set_xlim(r)

@@ -53,7 +53,7 @@ from . import calibration as C
 from . import latent as L
 from . import metrics as M
 from . import plots as P
-from .data import align, load_joined, load_truth, read_rows, report_rows, subset
+from .data import align, load_joined, load_truth, objids, read_rows, report_rows, subset
 from .page import Page, demote, markdown_to_html
 from .plots import corner, display, kauffmann03, kewley01, label
 from .scores import catalog_scores
@@ -141,17 +141,20 @@ def _load_run(run: _Run, data_uri: str, truth: dict, max_points: int) -> None:
 
 
 def _choose_ids(truth: dict, runs: list[_Run], calib_rows: int, corner_galaxies: int) -> None:
-    """Each run's calibration galaxies (``raygal.evaluate.calibration.choose_ids``: status ok,
-    a target known) and corner galaxies (well-known ones spread in stellar mass)."""
-    targets = sorted({t for r in runs for t in r.targets if t in truth})
-    known = np.isfinite(np.stack([truth[t] for t in targets], 1)) if targets else \
-        np.zeros((truth["_n"], 0), bool)
-    order = np.lexsort((truth["_hash"], (~known).sum(1)))   # fewest unknown truths first
+    """Each run's galaxies for its own calibration samples (used when no evaluation gives
+    them) and for corner plots: with status ok, those with the fewest unknown truths first
+    (then by objid hash), so that the joint TARP sees as many complete rows as it can; the
+    corner galaxies spread in stellar mass among the best known."""
+    missing = np.zeros(truth["_n"], int)
+    for t in sorted({t for r in runs for t in r.targets if t in truth}):
+        missing += ~np.isfinite(truth[t])
+    order = np.lexsort((truth["_hash"], missing))
     for r in runs:
-        r.calib_ids = C.choose_ids(truth[ID_COLUMN], r.ok & known.any(1), calib_rows)
+        rows = order[r.ok[order]]
+        r.calib_ids = truth[ID_COLUMN][rows[:calib_rows]]
         # Corner galaxies: spread in stellar mass (10th, 50th, 90th percentile of the best
         # known candidates) so the plot shows different kinds of galaxies.
-        pool = order[r.ok[order]][:max(10 * corner_galaxies, 30)]
+        pool = rows[:max(10 * corner_galaxies, 30)]
         if "log_mstar" in truth and np.isfinite(truth["log_mstar"][pool]).sum() >= corner_galaxies:
             pool = pool[np.isfinite(truth["log_mstar"][pool])]
             pool = pool[np.argsort(truth["log_mstar"][pool])]
@@ -562,13 +565,15 @@ def _image_vs_phot(page: Page, data_uri: str, lab: str, m: dict) -> None:
     sa = C.load(storage.join(m["out_dir"], m["calibration_samples"]))
     sb = C.load(storage.join(m["out_dir"], c["calibration_samples"]))
     pick = _pick_compare_galaxies(_gain(sa, sb.select(sa.objid)), COMPARE_GALAXIES)
-    rows = read_rows(data_uri, sa.objid[pick] if len(pick) else sa.objid[:COMPARE_GALAXIES])
+    ids = sa.objid[pick] if len(pick) else sa.objid[:COMPARE_GALAXIES]
+    rows = read_rows(data_uri, ids)
     if "cutout" not in rows.column_names:
         page.skip(what, f"{data_uri} has no cutouts")
         return
-    ids = rows.column(ID_COLUMN).to_numpy()
+    idx, hit = align(objids(rows), ids)             # back to the order of the gain
+    ids = ids[hit]
+    images = rows.column("cutout").combine_chunks().to_numpy_ndarray()[idx[hit]]
     sa, sb = sa.select(ids), sb.select(ids)
-    images = rows.column("cutout").combine_chunks().to_numpy_ndarray()
     shown = sa.targets[:CORNER_MAX_DIMS]
 
     def disp(cs):
