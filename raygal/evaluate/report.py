@@ -100,10 +100,6 @@ class _Run:
     def ok(self) -> np.ndarray:
         return np.asarray(self.cat["status"]).astype(str) == STATUS_OK
 
-    @property
-    def legend(self) -> tuple[str, str]:
-        return self.label, self.colour
-
     def col(self, name: str, n: int) -> np.ndarray:
         if self.cat is None or name not in self.cat:
             return np.full(n, np.nan)

@@ -18,7 +18,8 @@ deterministic subsample by a hash of objid (said in the output). Writes ``metric
   ``raygal.evaluate.populations``), so that an average cannot hide a failing half;
 - the metallicity-detectability classifier's accuracy, where the model has one;
 - with the model (by default the one that made the catalog), on a calibration subset of
-  ``calib_rows`` galaxies with status ok (a uniform sample by objid hash): PIT, SBC ranks and
+  ``calib_rows`` galaxies with status ok and a target known (a uniform sample by objid hash,
+  outside the training split when the data hold other rows): PIT, SBC ranks and
   coverage per target, TARP on the galaxies with every target known (model space), and the
   information gain of the CFM paper: log q(theta*|x), delta log p = log q(theta*|x) -
   log p_prior(theta*) and KL(q || p_prior), per galaxy and per population. p_prior is an
@@ -28,7 +29,8 @@ deterministic subsample by a hash of objid (said in the output). Writes ``metric
 - with ``compare``: the same for a second catalog (e.g. the photometry-only model) on the same
   galaxies, and the fraction of galaxies where the first wins on delta log p and on KL;
 - with ``baselines``: a random forest and a k-nearest-neighbour regressor on the photometric
-  features, fitted on the same training rows, scored beside the posterior means.
+  features, fitted on the same training rows (cross-fitted on the evaluated rows when there
+  are none), scored beside the posterior means on the rows none of them was fitted on.
 """
 from __future__ import annotations
 
