@@ -258,3 +258,34 @@ def test_cli_evaluate_options(ev, capsys):
     assert saved["populations"]["groups"]["r_mag"]["edges_from"] == "given"
     assert saved["baselines"]["training"]["source"] == "train split of the prior data"
     assert saved["baselines"]["training"]["rows_read"] == 200
+
+
+def test_evaluate_and_report_on_object_storage(ev, s3_bucket):
+    """The same on the local S3 server: data, catalog, prior data, evaluation folder and report
+    all s3://, and the report takes the evaluation's calibration samples from there."""
+    from pathlib import Path
+
+    from raygal import storage
+    from raygal.evaluate.report import make_report
+
+    def upload(local: str, name: str) -> str:
+        uri = f"{s3_bucket}/{name}"
+        for f in Path(local).iterdir():
+            storage.write_bytes(storage.join(uri, f.name), f.read_bytes())
+        return uri
+
+    data, full = upload(ev["held"], "held-out"), upload(ev["full"], "full")
+    cat = upload(ev["cat_held"], "post-held")
+    out = f"{s3_bucket}/eval"
+    r = evaluate(cat, data, out, calib_rows=20, samples=40, kl_samples=4, prior_data=full,
+                 baselines=True)
+    assert r["prior"]["source"] == "train split of the prior data" and r["prior"]["uri"] == full
+    saved = storage.read_json(storage.join(out, "metrics.json")) | {"out_dir": out}
+    assert storage.exists(storage.join(out, saved["calibration_samples"]))
+    page = make_report(f"{s3_bucket}/report", data,
+                       [{"label": "phot", "catalog": cat, "model": None}],
+                       metrics={"phot": saved}, max_points=100)
+    text = storage.read_bytes(page).decode()
+    assert "drawn by raygal evaluate (phot)" in text
+    assert storage.exists(f"{s3_bucket}/report/pit.png")
+    assert "R² random_forest" in text
