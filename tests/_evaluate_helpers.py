@@ -9,9 +9,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from raygal.shards import shard_uris
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_threads():
+    """One torch thread for the module: the machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def train(model, table, steps: int, lr: float = 3e-3):

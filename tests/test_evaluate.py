@@ -11,9 +11,8 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
-from _evaluate_helpers import train, write_catalog
+from _evaluate_helpers import few_threads, train, write_catalog  # noqa: F401 (fixture)
 from raygal.evaluate import baselines as B
 from raygal.evaluate import calibration as C
 from raygal.evaluate import metrics as M
@@ -29,14 +28,6 @@ from raygal.shards import ShardWriter, read_table
 pytestmark = pytest.mark.timeout(300)
 
 TARGETS = ("log_mstar", "log_sfr", "z", "oh12", "dn4000")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _write(table: pa.Table, uri: str) -> str:

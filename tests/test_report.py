@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from _evaluate_helpers import train, write_catalog
+from _evaluate_helpers import few_threads, train, write_catalog  # noqa: F401 (fixture)
 from raygal.shards import ShardWriter, read_table
 from raygal.evaluate.report import kauffmann03, kewley01, make_report, markdown_to_html
 from raygal.inputs import StatsAccumulator
@@ -27,14 +27,6 @@ EXPECTED = {"pred_vs_true_image.png", "pred_vs_true_phot.png", "corner_image.png
             "corner_phot.png", "scaling_relations.png", "dust_age.png", "bpt.png",
             "calibration.png", "pit.png", "uncertainty.png", "latent_traversal.png",
             "latent_embedding.png"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
