@@ -13,7 +13,7 @@ run, truth in grey):
   target, with the 1:1 line, R^2 and sigma_NMAD;
 - ``corner_<run>.png``: corner plots of a few galaxies' posteriors (samples drawn with the
   run's model), truths marked;
-- ``image_vs_phot.png`` (with an evaluation made with ``--compare``): a few galaxies' cutouts
+- ``image_vs_phot_<evaluation>.png`` (with an evaluation made with ``--compare``): cutouts
   beside the marginal posteriors of the two models, and the win rates of delta log p and KL;
 - ``scaling_relations.png``: M*-SFR, M*-Z and SFR-Z from the truth and from posterior means;
 - ``dust_age.png``: the A_V-Dn4000 plane (the CFM paper's dust-age diagnostic);
