@@ -194,10 +194,18 @@ def cmd_evaluate(args) -> int:
                  compare=args.compare, compare_model=args.compare_model,
                  labels=tuple(args.labels.split(",")), max_rows=args.max_rows,
                  calib_rows=args.calib_rows, samples=args.samples,
-                 with_model=not args.no_model, solver=args.solver)
+                 with_model=not args.no_model, solver=args.solver,
+                 prior_data=args.prior_data, train_rows=args.train_rows,
+                 baselines=args.baselines, z_edges=_floats(args.z_bins),
+                 mag_edges=_floats(args.mag_bins))
     print(format_table(r))
     print(f"metrics: {args.out}/metrics.json")
     return 0
+
+
+def _floats(spec: str | None) -> list[float] | None:
+    """'0.05,0.1' -> [0.05, 0.1]; None stays None."""
+    return None if spec is None else [float(x) for x in spec.split(",") if x.strip()]
 
 
 def cmd_report(args) -> int:
@@ -215,7 +223,8 @@ def cmd_report(args) -> int:
     metrics = {}
     for spec in args.metrics or []:
         label, _, uri = spec.partition("=")
-        metrics[label] = storage.read_json(storage.join(uri, "metrics.json"))
+        # out_dir: where its calibration samples are, wherever the folder was evaluated
+        metrics[label] = storage.read_json(storage.join(uri, "metrics.json")) | {"out_dir": uri}
     page = make_report(args.out, args.data, runs, vae_uri=args.vae, metrics=metrics or None,
                        max_points=args.max_points)
     print(f"report: {page}")
@@ -388,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=300)
     s.add_argument("--solver", default=None, help="CFM solver for calibration and densities")
     s.add_argument("--no-model", action="store_true", help="catalog-only metrics")
+    s.add_argument("--prior-data", default=None,
+                   help="dataset whose train split (else all rows) fits the empirical prior and "
+                        "the baselines (default: the train split of --data, else evaluated "
+                        "rows outside the calibration subset)")
+    s.add_argument("--train-rows", type=int, default=20_000,
+                   help="at most this many training rows for the prior and the baselines")
+    s.add_argument("--baselines", action="store_true",
+                   help="also fit a random forest and a kNN regressor on the photometry and "
+                        "print their R² and σ_NMAD beside the posterior's")
+    s.add_argument("--z-bins", default=None, metavar="E1,E2,...",
+                   help="redshift bin edges for the per-population metrics (default quartiles)")
+    s.add_argument("--mag-bins", default=None, metavar="E1,E2,...",
+                   help="r-magnitude bin edges for the per-population metrics (default "
+                        "quartiles)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="figures and a report page for posterior catalogs")

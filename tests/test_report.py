@@ -4,17 +4,15 @@ and ``make_report``; then every figure the page lists exists and is a real PNG, 
 pieces that are missing are skipped with a reason instead of failing."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raygal.shards import ShardWriter, read_table, shard_uris
+from _evaluate_helpers import few_threads, train, write_catalog  # noqa: F401 (fixture)
+from raygal.shards import ShardWriter, read_table
 from raygal.evaluate.report import kauffmann03, kewley01, make_report, markdown_to_html
 from raygal.inputs import StatsAccumulator
 from raygal.models.baseline import GaussianPosterior
@@ -31,52 +29,6 @@ EXPECTED = {"pred_vs_true_image.png", "pred_vs_true_phot.png", "corner_image.png
             "latent_embedding.png"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _train(model, table, steps: int, lr: float = 3e-3):
-    """A few Adam steps: the report needs a model that runs, not a good one."""
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr)
-    for _ in range(steps):
-        loss = model.loss(table)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
-
-
-def _write_catalog(post, data: str, out: Path, model_uri: str, samples: int = 100,
-                   split_std: bool = False, keep_samples: bool = False) -> str:
-    """A posterior catalog as ``raygal.infer`` writes it (per input shard, same name, sorted by
-    objid, plus infer.json), made in-process without Ray."""
-    out.mkdir(parents=True)
-    for k, uri in enumerate(shard_uris(data)):
-        t = pq.read_table(uri)
-        summ = post.summarize(t, samples, seed=k, keep_samples=keep_samples)
-        cols = {"objid": t.column("objid").to_numpy()}
-        cols.update(summ)
-        if split_std:   # what an ensemble adds: an aleatoric/epistemic split of the std
-            for tg in post.targets:
-                cols[f"{tg}_std_aleatoric"] = np.sqrt(0.8) * summ[f"{tg}_std"]
-                cols[f"{tg}_std_epistemic"] = np.sqrt(0.2) * summ[f"{tg}_std"]
-        order = np.argsort(cols["objid"], kind="stable")
-        table = pa.table({k: (pa.array(np.asarray(v)[order].astype(str)) if k == "status"
-                              else pa.FixedShapeTensorArray.from_numpy_ndarray(
-                                  np.ascontiguousarray(v[order])) if k == "samples"
-                              else pa.array(np.asarray(v)[order])) for k, v in cols.items()})
-        pq.write_table(table, out / Path(uri).name)
-    (out / "infer.json").write_text(json.dumps(
-        {"model": model_uri, "data": data, "samples": samples, "solver": None,
-         "keep_samples": keep_samples, "seed": 0, "targets": list(post.targets)}))
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
     from raygal.sim import simulate_batch
@@ -90,20 +42,20 @@ def survey(tmp_path_factory):
     stats = StatsAccumulator().update(table).finalize()
     torch.manual_seed(0)
     # Convolutions on full cutouts dominate the cost: train the image model on a slice.
-    image = _train(GaussianPosterior(TARGETS, "image+phot", stats,
-                                     {"image_shape": [3, 64, 64], "hidden": 32,
-                                      "image_features": 16}), table.slice(0, 48), 4)
-    phot = _train(GaussianPosterior(TARGETS, "phot", stats, {"hidden": 32}), table, 60)
+    image = train(GaussianPosterior(TARGETS, "image+phot", stats,
+                                    {"image_shape": [3, 64, 64], "hidden": 32,
+                                     "image_features": 16}), table.slice(0, 48), 4)
+    phot = train(GaussianPosterior(TARGETS, "phot", stats, {"hidden": 32}), table, 60)
     runs = []
     for name, post in (("image", image), ("phot", phot)):
         model = str(tmp / f"model-{name}")
         post.save(model)
-        cat = _write_catalog(post, data, tmp / f"post-{name}", model,
-                             split_std=(name == "phot"))
+        cat = write_catalog(post, data, tmp / f"post-{name}", model,
+                            split_std=(name == "phot"))
         runs.append({"label": name, "catalog": cat, "model": model})
         if name == "phot":
-            kept = _write_catalog(post, data, tmp / "post-phot-kept", model, samples=60,
-                                  keep_samples=True)
+            kept = write_catalog(post, data, tmp / "post-phot-kept", model, samples=60,
+                                 keep_samples=True)
     vae = VAE({"image_shape": [3, 64, 64], "latent": 8, "channels": [8, 16, 16],
                "fc_hidden": 32})
     x = torch.from_numpy(stats.norm_cutout(table.slice(0, 64).column("cutout").combine_chunks()
@@ -190,3 +142,32 @@ def test_bpt_demarcations_and_html():
     h = markdown_to_html("# T\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![c](x.png)\n\n*cap*\n")
     assert "<h1>T</h1>" in h and "<td>1</td>" in h and '<img src="x.png"' in h
     assert "<em>cap</em>" in h
+
+
+def test_report_reads_the_evaluation_samples_and_shows_what_the_image_adds(survey, tmp_path):
+    """An evaluation made with the models and --compare: the report takes its calibration
+    samples (no model and no kept samples are given, so it could not sample itself), states
+    the win rates, and shows cutouts beside both models' marginals."""
+    import json
+
+    from raygal.evaluate.run import evaluate
+
+    image, phot = survey["runs"]
+    ev_dir = tmp_path / "eval"
+    m = evaluate(image["catalog"], survey["data"], str(ev_dir), compare=phot["catalog"],
+                 labels=("image", "phot"), calib_rows=40, samples=60, kl_samples=4)
+    assert 0 <= m["compare"]["win_rate_delta_log_p"] <= 1
+    # As `raygal report --metrics image=EVAL_DIR` passes it: metrics.json and its folder.
+    saved = json.loads((ev_dir / "metrics.json").read_text()) | {"out_dir": str(ev_dir)}
+    runs = [{"label": "image", "catalog": image["catalog"], "model": None},
+            {"label": "phot", "catalog": phot["catalog"], "model": None}]
+    page = Path(make_report(str(tmp_path / "r"), survey["data"], runs,
+                            metrics={"image": saved}, max_points=150))
+    text = page.read_text()
+    figs = _figures(page)
+    assert {"calibration.png", "pit.png", "image_vs_phot_image.png"} <= set(figs)
+    assert "corner_image.png" not in figs            # that one needs the model
+    assert "60 samples from the model drawn by raygal evaluate (image)" in text
+    assert "has the higher Δlog p on" in text and "wins Δlog p on" in text
+    for name in figs:
+        assert (tmp_path / "r" / name).read_bytes()[:8] == PNG_SIGNATURE

@@ -12,9 +12,9 @@ and every aggregate reports ``n``, the number of rows it used.
 Accuracy
     ``point_metrics``: R^2, RMSE, bias, sigma_NMAD, outlier fraction (photo-z conventions for z).
 Calibration
-    ``interval_coverage`` (central credible intervals from samples), ``quantile_coverage`` and
-    ``summary_coverage`` (from the catalog's q16/q84 and q025/q975 columns); ``pit`` and
-    ``pit_histogram``; ``sbc_ranks`` and ``sbc_uniformity`` (Talts et al. 2018, as sbi's
+    ``coverage_curve`` and ``interval_coverage`` (central credible intervals from samples),
+    ``quantile_coverage`` and ``summary_coverage`` (from the catalog's q16/q84 and q025/q975
+    columns); ``pit`` and ``pit_histogram``; ``sbc_ranks`` and ``sbc_uniformity`` (Talts et al. 2018, as sbi's
     ``run_sbc``/``check_sbc``); ``tarp`` and ``tarp_summary`` (Lemos et al. 2023, as sbi's
     ``run_tarp``/``check_tarp``); ``summarize_calibration`` puts them together.
 Information gain (Yunus, Wu & Holwerda, arXiv:2512.05078)
@@ -34,7 +34,7 @@ import numpy as np
 
 __all__ = [
     "point_metrics", "sigma_nmad",
-    "interval_coverage", "quantile_coverage", "summary_coverage",
+    "coverage_curve", "interval_coverage", "quantile_coverage", "summary_coverage",
     "pit", "pit_histogram", "sbc_ranks", "sbc_uniformity", "tarp", "tarp_summary",
     "summarize_calibration",
     "EmpiricalPrior", "delta_log_p", "kl_mc", "win_rate", "wasserstein_1d",
@@ -257,6 +257,24 @@ def _check_samples_1d(samples, true) -> tuple[np.ndarray, np.ndarray]:
     return samples, true
 
 
+def coverage_curve(samples, true, levels: Sequence[float] = (0.68, 0.95)) -> np.ndarray:
+    """Observed coverage [L] of the central credible intervals of ``levels`` [L]: the fraction
+    of objects whose truth lies between the (1 - c)/2 and (1 + c)/2 sample quantiles (bounds
+    included) of its posterior samples [N, S]; truths [N]. Rows with a NaN sample or truth are
+    ignored; NaN where no row is left."""
+    samples, true = _check_samples_1d(samples, true)
+    ok = _finite_rows(samples, true)
+    s, t = samples[ok], true[ok]
+    out = np.full(len(levels), np.nan)
+    for i, c in enumerate(levels):
+        if not 0 < c < 1:
+            raise ValueError(f"levels must be in (0, 1), got {c}")
+        if s.shape[0]:
+            lo, hi = np.quantile(s, [(1 - c) / 2, (1 + c) / 2], axis=1)
+            out[i] = np.mean((t >= lo) & (t <= hi))
+    return out
+
+
 def interval_coverage(samples, true, levels: Sequence[float] = (0.68, 0.95)
                       ) -> dict[str, float]:
     """Fraction of objects whose truth lies in the central credible interval of its posterior.
@@ -268,21 +286,13 @@ def interval_coverage(samples, true, levels: Sequence[float] = (0.68, 0.95)
 
     Returns ``{'coverage68': ..., 'coverage95': ..., 'n': N_used}`` (keys ``coverage`` + 100 c).
     Calibrated posteriors give coverage ~ c; over-confident (too narrow) ones less, under-
-    confident (too wide) ones more. Rows with a NaN sample or truth are ignored.
+    confident (too wide) ones more. Rows with a NaN sample or truth are ignored
+    (``coverage_curve``).
     """
     samples, true = _check_samples_1d(samples, true)
-    ok = _finite_rows(samples, true)
-    s, t = samples[ok], true[ok]
-    out: dict[str, float] = {}
-    for c in levels:
-        if not 0 < c < 1:
-            raise ValueError(f"levels must be in (0, 1), got {c}")
-        if s.shape[0] == 0:
-            out[_level_key("coverage", c)] = float("nan")
-            continue
-        lo, hi = np.quantile(s, [(1 - c) / 2, (1 + c) / 2], axis=1)
-        out[_level_key("coverage", c)] = float(np.mean((t >= lo) & (t <= hi)))
-    out["n"] = int(ok.sum())
+    cov = coverage_curve(samples, true, levels)
+    out = {_level_key("coverage", c): float(v) for c, v in zip(levels, cov)}
+    out["n"] = int(_finite_rows(samples, true).sum())
     return out
 
 

@@ -1,221 +1,276 @@
 """``raygal evaluate``: metrics of a posterior catalog against the truth in its dataset.
 
-    m = evaluate("runs/post-cfm", "data/mock", "runs/eval-cfm",
-                 compare="runs/post-cfm-phot", labels=("image", "phot"))
+    m = evaluate("runs/post-cfm", "data/mock-test", "runs/eval-cfm",
+                 compare="runs/post-cfm-phot", labels=("image", "phot"),
+                 prior_data="data/mock", baselines=True)
 
 Streams the catalog shard by shard beside the dataset shard of the same name (inference keeps
 the names), so memory holds only the rows evaluated: all of them up to ``max_rows``, else a
-deterministic subsample by a hash of objid (said in the output). Writes ``metrics.json`` and
-``metrics.md`` to ``out_dir``. Metrics:
+deterministic subsample by a hash of objid (said in the output). Writes ``metrics.json``,
+``metrics.md`` and the calibration samples (``calibration_samples.parquet``, read by
+``raygal report``) to ``out_dir``. Metrics:
 
-- per target with truth: R^2, RMSE, bias, sigma_NMAD, outlier fraction (``point_metrics``) of
-  the posterior means, 68 %/95 % interval coverage from the catalog's quantiles, and the
-  Wasserstein distance between the posterior means and the true marginal;
+- per target with truth, on the rows whose truth of it is known (``n``; ``n_no_truth`` counts
+  the others): R^2, RMSE, bias, sigma_NMAD, outlier fraction of the posterior means, 68 %/95 %
+  interval coverage from the catalog's quantiles, the Wasserstein distance between the
+  posterior means and the true marginal;
+- the same per population (star-forming / quenched, redshift bins, r-magnitude bins:
+  ``raygal.evaluate.populations``), so that an average cannot hide a failing half;
 - the metallicity-detectability classifier's accuracy, where the model has one;
 - with the model (by default the one that made the catalog), on a calibration subset of
-  ``calib_rows`` galaxies with every target known: PIT, SBC ranks, TARP (in model space), and
-  the information gain of the CFM paper: delta log p = log q(theta*|x) - log p_prior(theta*)
-  and KL(q || p_prior), with p_prior an empirical prior (a KDE of the true targets);
+  ``calib_rows`` galaxies with status ok and a target known (a uniform sample by objid hash,
+  outside the training split when the data hold other rows): PIT, SBC ranks and
+  coverage per target, TARP on the galaxies with every target known (model space), and the
+  information gain of the CFM paper: log q(theta*|x), delta log p = log q(theta*|x) -
+  log p_prior(theta*) and KL(q || p_prior), per galaxy and per population. p_prior is an
+  empirical prior (a KDE of true target vectors) fitted on training rows, never on the truths
+  it scores: the ``train`` split (``raygal.pipelines.split_of``) of the data or of
+  ``prior_data``, else evaluated rows outside the calibration subset; metrics.json says which;
 - with ``compare``: the same for a second catalog (e.g. the photometry-only model) on the same
-  galaxies, and the fraction of galaxies where the first wins on delta log p and on KL.
+  galaxies, and the fraction of galaxies where the first wins on delta log p and on KL;
+- with ``baselines``: a random forest and a k-nearest-neighbour regressor on the photometric
+  features, fitted on the same training rows (cross-fitted on the evaluated rows when there
+  are none), scored beside the posterior means on the rows none of them was fitted on.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .. import storage
-from ..pipelines import hash_unit
-from ..shards import read_manifest, read_schema, shard_uris
-from ..inputs import target_matrix
-from ..schema import ID_COLUMN
+from ..inputs import phot_matrix, target_matrix
+from ..pipelines import hash_unit, split_of
+from ..schema import ID_COLUMN, MAG_COLUMNS
+from . import baselines as B
+from . import calibration as C
 from . import metrics as M
+from .data import Joined, align, load_joined, read_rows, sample_rows
+from .populations import populations
+from .scores import catalog_scores, scored_targets, target_scores
+from .tables import format_table
 
-SETTINGS_FILE = "infer.json"
+__all__ = ["evaluate", "format_table"]
 
-
-def _read(uri: str, columns=None) -> pa.Table:
-    fs, path = storage.arrow_fs(uri)
-    return pq.read_table(path, filesystem=fs, columns=columns)
-
-
-def _joined_rows(catalog: str, data: str, targets, keep_frac: float, extra_cols=()):
-    """Yield (catalog table, truth table) per shard, aligned on objid, subsampled."""
-    names = read_schema(data).names          # every shard shares the dataset's schema
-    want = [c for c in dict.fromkeys([ID_COLUMN, *targets, *extra_cols]) if c in names]
-    for duri in shard_uris(data):
-        name = os.path.basename(duri)
-        curi = storage.join(catalog, name)
-        if not storage.exists(curi):
-            raise FileNotFoundError(f"{curi}: missing catalog shard for {duri}; finish the "
-                                    f"catalog with 'raygal infer' (re-running completes it)")
-        cat = _read(curi)
-        truth = _read(duri, want)
-        cat = cat.sort_by(ID_COLUMN)
-        truth = truth.sort_by(ID_COLUMN)
-        if not np.array_equal(cat.column(ID_COLUMN).to_numpy(),
-                              truth.column(ID_COLUMN).to_numpy()):
-            raise ValueError(f"{curi}: rows do not match {duri} (was the catalog made from "
-                             f"this dataset?)")
-        if keep_frac < 1.0:
-            keep = hash_unit(truth.column(ID_COLUMN).to_numpy()) < keep_frac
-            cat, truth = cat.filter(pa.array(keep)), truth.filter(pa.array(keep))
-        yield cat, truth
-
-
-def _col(table: pa.Table, name: str) -> np.ndarray:
-    if name not in table.column_names:
-        return np.full(table.num_rows, np.nan)
-    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def load_for_evaluation(catalog: str, data: str, max_rows: int = 200_000):
-    """(catalog columns, truth columns, settings, fraction kept) as dicts of numpy arrays."""
-    settings = storage.read_json(storage.join(catalog, SETTINGS_FILE))
-    targets = settings["targets"]
-    n = read_manifest(data)["num_rows"]
-    frac = min(1.0, max_rows / max(n, 1))
-    cats, truths = [], []
-    for c, t in _joined_rows(catalog, data, targets + ["oh12"], frac):
-        cats.append(c)
-        truths.append(t)
-    cat = pa.concat_tables(cats)
-    truth = pa.concat_tables(truths, promote_options="default")
-    cd = {k: (cat.column(k).to_numpy(zero_copy_only=False) if k == "status" else _col(cat, k))
-          for k in cat.column_names if k != "samples"}
-    td = {k: _col(truth, k) for k in truth.column_names}
-    td[ID_COLUMN] = truth.column(ID_COLUMN).to_numpy()
-    return cd, td, settings, frac
-
-
-def point_and_coverage(cd: dict, td: dict, targets) -> dict:
-    out = {}
-    ok = np.asarray(cd["status"]).astype(str) == "ok"
-    for t in targets:
-        if t not in td or not np.isfinite(td[t]).any():
-            continue
-        pred = np.where(ok, cd[f"{t}_mean"], np.nan)
-        res = M.point_metrics(pred, td[t], t)
-        res.update({k: v for k, v in M.summary_coverage(cd, td[t], t).items() if k != "n"})
-        both = ok & np.isfinite(td[t]) & np.isfinite(pred)
-        res["wasserstein_means_vs_truth"] = (M.wasserstein_1d(pred[both], td[t][both])
-                                             if both.any() else float("nan"))
-        out[t] = res
-    return out
-
-
-def _calibration_batch(data: str, ids: np.ndarray):
-    """The full input rows (cutouts included) of ``ids``, streamed from the dataset."""
-    want = set(int(i) for i in ids)
-    parts = []
-    for duri in shard_uris(data):
-        t = _read(duri)
-        keep = np.isin(t.column(ID_COLUMN).to_numpy(), ids)
-        if keep.any():
-            parts.append(t.filter(pa.array(keep)))
-        if sum(p.num_rows for p in parts) >= len(want):
-            break
-    return pa.concat_tables(parts).sort_by(ID_COLUMN)
-
-
-def information_and_calibration(model_uri: str, data: str, td: dict, cd: dict, targets,
-                                calib_rows: int, samples: int, kl_samples: int,
-                                prior: M.EmpiricalPrior, seed: int = 0,
-                                solver: str | None = None) -> dict:
-    """PIT/SBC/TARP and delta log p / KL on a calibration subset, with the model."""
-    import torch
-
-    from ..infer import set_solver
-    from ..models import load_posterior
-
-    post = load_posterior(model_uri)
-    if solver and post.solver is not None:   # only ODE models have one
-        set_solver(post, solver)
-    y = np.stack([td[t] for t in targets], 1)
-    ok = (np.asarray(cd["status"]).astype(str) == "ok") & np.isfinite(y).all(1)
-    ids = td[ID_COLUMN][ok]
-    if not len(ids):
-        return {}
-    order = np.argsort(hash_unit(ids))[:calib_rows]
-    ids = np.sort(ids[order])
-    batch = _calibration_batch(data, ids)
-    truth_model = target_matrix({t: batch.column(t).to_numpy(zero_copy_only=False)
-                                 for t in targets}, targets)
-    torch.manual_seed(seed)
-    theta = post.sample(batch, samples, space="model", seed=seed).cpu().numpy()
-    calib = M.summarize_calibration(theta, truth_model, list(targets), seed=seed)
-    lq_true = post.log_prob(truth_model, batch, space="model").cpu().numpy()
-    lp_true = prior.log_prob(truth_model)
-    dlogp = M.delta_log_p(lq_true, lp_true)
-    k = min(kl_samples, samples)
-    lq_s = np.stack([post.log_prob(theta[:, s], batch, space="model").cpu().numpy()
-                     for s in range(k)], 1)
-    lp_s = prior.log_prob(theta[:, :k].reshape(-1, len(targets))).reshape(len(ids), k)
-    kl = M.kl_mc(lq_s, lp_s)
-    return {"calibration": calib, "objid": ids, "delta_log_p": dlogp, "kl": kl,
-            "n": int(len(ids)), "samples": samples, "kl_samples": k}
+#: fewest complete target vectors an empirical prior is fitted to
+MIN_PRIOR_ROWS = 20
+#: kernel centres of the empirical prior (a KDE costs O(centres) per density evaluation)
+PRIOR_POINTS = 5000
 
 
 def evaluate(posteriors: str, data: str, out_dir: str, model: str | None = None,
              compare: str | None = None, compare_model: str | None = None,
              labels=("A", "B"), max_rows: int = 200_000, calib_rows: int = 500,
              samples: int = 300, kl_samples: int = 32, with_model: bool = True,
-             solver: str | None = None, seed: int = 0) -> dict:
-    """Evaluate a posterior catalog (and optionally a second one) against ``data``."""
-    cd, td, settings, frac = load_for_evaluation(posteriors, data, max_rows)
-    targets = settings["targets"]
-    result = {"catalog": posteriors, "data": data, "model": model or settings["model"],
-              "rows_evaluated": int(len(td[ID_COLUMN])), "fraction_evaluated": frac,
-              "rows_per_status": {str(k): int(v) for k, v in zip(*np.unique(
-                  np.asarray(cd["status"]).astype(str), return_counts=True))},
-              "targets": point_and_coverage(cd, td, targets)}
-    if "oh12_detect_prob" in cd and "oh12" in td:
-        ok = np.asarray(cd["status"]).astype(str) == "ok"
-        result["oh12_detectability"] = M.binary_classifier_metrics(
-            cd["oh12_detect_prob"][ok], np.isfinite(td["oh12"][ok]))
-    # Empirical prior: a KDE of the true target vectors (model space) of the evaluated rows.
-    y = target_matrix(td, targets)
-    full = np.isfinite(y).all(1)
-    prior = None
-    if with_model and full.sum() >= 20:
-        prior = M.EmpiricalPrior().fit(y[full], max_points=5000, seed=seed)
-        info = information_and_calibration(result["model"], data, td, cd, targets, calib_rows,
-                                           samples, kl_samples, prior, seed, solver)
-        if info:
-            result["calibration"] = info["calibration"]
-            result["information"] = _info_summary(info)
-            if compare:
-                cd2, td2, s2, _ = load_for_evaluation(compare, data, max_rows)
-                if list(s2["targets"]) != list(targets):
-                    raise ValueError(f"{compare}: targets {s2['targets']} differ from "
-                                     f"{targets}; cannot compare")
-                result["compare"] = {"catalog": compare, "labels": list(labels),
-                                     "targets": point_and_coverage(cd2, td2, targets)}
-                info2 = information_and_calibration(compare_model or s2["model"], data, td2,
-                                                    cd2, targets, calib_rows, samples,
-                                                    kl_samples, prior, seed, solver)
-                same = np.array_equal(info["objid"], info2["objid"])
-                result["compare"]["calibration"] = info2["calibration"]
-                result["compare"]["information"] = _info_summary(info2)
-                if same:
-                    result["compare"]["win_rate_delta_log_p"] = M.win_rate(
-                        info["delta_log_p"], info2["delta_log_p"])
-                    result["compare"]["win_rate_kl"] = M.win_rate(info["kl"], info2["kl"])
+             solver: str | None = None, seed: int = 0, *, prior_data: str | None = None,
+             train_rows: int = 20_000, baselines: bool = False, z_edges=None,
+             mag_edges=None) -> dict:
+    """Evaluate a posterior catalog (and optionally a second one) against ``data``; see the
+    module docstring. ``train_rows`` bounds the training rows read for the prior and the
+    baselines; ``z_edges``/``mag_edges`` override the redshift / r-magnitude bins."""
+    a = load_joined(posteriors, data, max_rows)
+    result = {"catalog": posteriors, "data": data, "model": model or a.settings["model"],
+              "out_dir": out_dir} | _catalog_metrics(a)
+    pops, groups = populations(a.truth, z_edges, mag_edges)
+    b = None
+    if compare:
+        b = _load_compare(a, compare, data, max_rows)
+        result["compare"] = {"catalog": compare, "labels": list(labels),
+                             "model": compare_model or b.settings["model"],
+                             **_catalog_metrics(b)}
     storage.makedirs(out_dir)
+    ids = C.choose_ids(a.ids, _calibratable(a, b), calib_rows) if with_model else []
+    if with_model or baselines:
+        # Training rows never include a galaxy whose density is scored.
+        training = _training_rows(data, prior_data, a.targets, train_rows, ids)
+    cs = {}
+    if len(ids):
+        rows = read_rows(data, ids)
+        prior, result["prior"] = _fit_prior(training, a, ids, seed)
+        for key, res, name in (("a", result, C.SAMPLES_FILE),
+                               ("b", result.get("compare"), C.COMPARE_SAMPLES_FILE)):
+            if res is not None:
+                cs[key] = _calibrate(res, rows, samples, kl_samples, prior, seed, solver,
+                                     storage.join(out_dir, name))
+        if b is not None and prior is not None:
+            for k in ("delta_log_p", "kl"):
+                result["compare"][f"win_rate_{k}"] = M.win_rate(cs["a"].per_galaxy[k],
+                                                                cs["b"].per_galaxy[k])
+    result["populations"] = _population_metrics(pops, groups, a, cs.get("a"))
+    if b is not None:
+        result["compare"]["populations"] = _population_metrics(pops, groups, b, cs.get("b"))
+    if baselines:
+        result["baselines"] = _baselines(training, a, seed)
     storage.write_json(storage.join(out_dir, "metrics.json"), _jsonable(result))
     storage.write_bytes(storage.join(out_dir, "metrics.md"), format_table(result).encode())
     return result
 
 
-def _info_summary(info: dict) -> dict:
-    d, k = info["delta_log_p"], info["kl"]
-    return {"mean_delta_log_p": float(np.nanmean(d)), "median_delta_log_p":
-            float(np.nanmedian(d)), "mean_kl": float(np.nanmean(k)),
-            "median_kl": float(np.nanmedian(k)), "n": info["n"],
-            "samples": info["samples"], "kl_samples": info["kl_samples"]}
+# ----------------------------------------------------------------------------------------------
+# Catalog-only metrics
+# ----------------------------------------------------------------------------------------------
+
+def _catalog_metrics(j: Joined) -> dict:
+    """Row counts, per-target scores and the detectability classifier of one catalog."""
+    status, counts = np.unique(np.asarray(j.cat["status"]).astype(str), return_counts=True)
+    out = {"rows_evaluated": int(len(j.ids)), "fraction_evaluated": j.fraction,
+           "rows_per_status": {str(k): int(v) for k, v in zip(status, counts)},
+           "rows_in_train_split": int((split_of(j.ids) == "train").sum()),
+           "targets": catalog_scores(j.cat, j.truth, j.targets)}
+    out["targets_without_truth"] = [t for t in j.targets if t not in out["targets"]]
+    if "oh12_detect_prob" in j.cat and "oh12" in j.truth:
+        out["oh12_detectability"] = M.binary_classifier_metrics(
+            j.cat["oh12_detect_prob"][j.ok], np.isfinite(j.truth["oh12"][j.ok]))
+    return out
+
+
+def _load_compare(a: Joined, compare: str, data: str, max_rows: int) -> Joined:
+    """The second catalog, which must hold the same rows and targets as the first."""
+    b = load_joined(compare, data, max_rows)
+    if b.targets != a.targets:
+        raise ValueError(f"{compare}: targets {b.targets} differ from {a.targets}; cannot "
+                         f"compare")
+    if not np.array_equal(b.ids, a.ids):
+        raise ValueError(f"{compare}: not the same rows of {data} as the first catalog; "
+                         f"cannot compare")
+    return b
+
+
+def _population_metrics(pops, groups: dict, j: Joined, cs: C.CalibrationSamples | None
+                        ) -> dict:
+    """Per population: rows, per-target scores and, with calibration samples, the
+    information gain of the calibration galaxies in it."""
+    out = {}
+    at = align(j.ids, cs.objid)[0] if cs is not None else None
+    for p in pops:
+        m = {"group": p.group, "selection": p.selection, "n": int(p.rows.sum()),
+             "n_ok": int((p.rows & j.ok).sum()),
+             "targets": catalog_scores(j.cat, j.truth, j.targets, p.rows)}
+        if cs is not None:
+            m["information"] = C.summarize_information(cs.per_galaxy, p.rows[at])
+        out[p.name] = m
+    return {"groups": groups, "metrics": out}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training rows, the empirical prior, calibration with the model
+# ----------------------------------------------------------------------------------------------
+
+def _training_rows(data: str, prior_data: str | None, targets, max_rows: int, exclude
+                   ) -> tuple[dict, dict]:
+    """(rows, description): a uniform sample of the training rows' targets and photometry,
+    leaving out ``exclude`` (the galaxies whose densities are scored): the ``train`` split of
+    ``prior_data`` (all its rows if it has no such split) or of ``data``; empty when ``data``
+    has no training split."""
+    cols = [*targets, *MAG_COLUMNS]
+    if prior_data:
+        for split, what in (("train", "train split of the prior data"),
+                            (None, "prior data (all rows: it has no train split)")):
+            rows, eligible = sample_rows(prior_data, cols, max_rows, split, exclude)
+            if eligible:
+                return rows, _described(what, prior_data, split, eligible, rows)
+    rows, eligible = sample_rows(data, cols, max_rows, "train", exclude)
+    return rows, _described("train split of the evaluated data", data, "train", eligible, rows)
+
+
+def _described(what: str, uri: str, split, eligible: int, rows: dict) -> dict:
+    return {"source": what, "uri": uri, "split": split, "rows_eligible": eligible,
+            "rows_read": int(len(rows[ID_COLUMN]))}
+
+
+def _fit_prior(training: tuple[dict, dict], j: Joined, scored_ids, seed: int
+               ) -> tuple[M.EmpiricalPrior | None, dict]:
+    """The empirical prior on the training rows or, when they have too few complete target
+    vectors, on the evaluated rows outside ``scored_ids``; and a description of its source."""
+    rows, desc = training
+    y = target_matrix(rows, j.targets)
+    desc = dict(desc)
+    if np.isfinite(y).all(1).sum() < MIN_PRIOR_ROWS:
+        y = target_matrix(j.truth, j.targets)[~np.isin(j.ids, scored_ids)]
+        desc = {"source": "evaluated rows outside the calibration subset (a disjoint "
+                          "sample: no training rows with every target known)",
+                "split": None, "rows_eligible": int(len(y))}
+    full = np.isfinite(y).all(1)
+    desc["rows_complete"] = int(full.sum())
+    if full.sum() < MIN_PRIOR_ROWS:
+        return None, desc | {"missing": f"only {int(full.sum())} rows of the {desc['source']} "
+                                        f"have every target known"}
+    try:
+        prior = M.EmpiricalPrior().fit(y[full], max_points=PRIOR_POINTS, seed=seed)
+    except ValueError as exc:          # degenerate targets (a constant column)
+        return None, desc | {"missing": str(exc)}
+    return prior, desc | {"kernel_centres": int(prior.points.shape[0])}
+
+
+def _calibrate(res: dict, rows, samples: int, kl_samples: int, prior: M.EmpiricalPrior | None,
+               seed: int, solver: str | None, out_uri: str) -> C.CalibrationSamples:
+    """Sample ``res['model']`` on ``rows``, put its calibration and information summaries in
+    ``res``, write the samples to ``out_uri`` (named in ``res['calibration_samples']``, relative
+    to the evaluation folder) and return them."""
+    from ..infer import set_solver
+    from ..models import load_posterior
+
+    post = load_posterior(res["model"])
+    if solver and post.solver is not None:   # only ODE models have one
+        set_solver(post, solver)
+    cs = C.draw(post, rows, samples, seed)
+    res["calibration"] = M.summarize_calibration(cs.samples, cs.truth, cs.targets, seed=seed)
+    res["information"] = C.information_gain(post, rows, cs, prior, kl_samples) | {
+        "n_galaxies": cs.n}
+    C.save(cs, out_uri)
+    res["calibration_samples"] = out_uri.rsplit("/", 1)[-1]
+    return cs
+
+
+def _calibratable(a: Joined, b: Joined | None) -> np.ndarray:
+    """Rows a calibration subset may hold: status ok (in both catalogs when comparing, so both
+    are scored on the same galaxies), at least one target known, and outside the training
+    split (``raygal.pipelines.split_of``) unless every such row is in it."""
+    known = np.isfinite(target_matrix(a.truth, a.targets)).any(1)
+    rows = a.ok & known & (b.ok if b is not None else True)
+    held_out = rows & (split_of(a.ids) != "train")
+    return held_out if held_out.any() else rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Baselines
+# ----------------------------------------------------------------------------------------------
+
+def _baselines(training: tuple[dict, dict], j: Joined, seed: int) -> dict:
+    """Scores (R^2, sigma_NMAD, ...) of each baseline regressor and of the posterior means per
+    target, on the same rows: the evaluated rows a baseline was not fitted on. Fitted on the
+    training rows or, without any, cross-fitted in two halves of the evaluated rows (by objid
+    hash)."""
+    B.check_available()
+    rows, desc = training
+    x = j.phot
+    if len(rows[ID_COLUMN]) >= MIN_PRIOR_ROWS:
+        scored = ~np.isin(j.ids, rows[ID_COLUMN])
+        x_train = phot_matrix(rows)
+
+        def predict(name, t):
+            y = rows.get(t, np.full(len(x_train), np.nan))
+            return B.fit_predict(name, t, x_train, y, x, seed)
+    else:
+        desc = {"source": "evaluated rows, two-fold cross-fitted (no training rows)"}
+        scored = np.ones(len(j.ids), bool)
+        fold = hash_unit(~j.ids) < 0.5
+
+        def predict(name, t):
+            return B.cross_fit_predict(name, t, x, j.truth[t], fold, seed)
+
+    keep = ("r2", "rmse", "bias", "sigma_nmad", "outlier_fraction", "n")
+    targets = scored_targets(j.truth, j.targets)
+    models = {"posterior": {}}
+    for t in targets:
+        s = target_scores(j.cat, j.truth, t, scored)
+        models["posterior"][t] = {k: s[k] for k in keep}
+    for name in B.BASELINES:
+        models[name] = {}
+        for t in targets:
+            pred, n_train = predict(name, t)
+            s = target_scores(j.cat, j.truth, t, scored, means=pred)
+            models[name][t] = {k: s[k] for k in keep} | {"n_train": n_train}
+    return {"training": desc | {"rows_scored": int(scored.sum())},
+            "description": {n: B.DESCRIPTION[n] for n in B.BASELINES}, "models": models}
 
 
 def _jsonable(o):
@@ -224,54 +279,9 @@ def _jsonable(o):
     if isinstance(o, (list, tuple)):
         return [_jsonable(v) for v in o]
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return _jsonable(o.tolist())
     if isinstance(o, (np.floating, float)):
         return None if not np.isfinite(o) else float(o)
     if isinstance(o, np.integer):
         return int(o)
     return o
-
-
-def format_table(result: dict) -> str:
-    """The metrics as a Markdown table, for people."""
-    lines = [f"# raygal evaluation of {result['catalog']}", "",
-             f"{result['rows_evaluated']} rows evaluated "
-             f"({result['fraction_evaluated']:.0%} of the data); status: "
-             + ", ".join(f"{k} {v}" for k, v in result["rows_per_status"].items()), "",
-             "| target | R² | RMSE | bias | σ_NMAD | outliers | cov68 | cov95 | W1(means) | n |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for t, m in result["targets"].items():
-        lines.append(f"| {t} | {m['r2']:.3f} | {m['rmse']:.3f} | {m['bias']:+.3f} | "
-                     f"{m['sigma_nmad']:.3f} | {m['outlier_fraction']:.3f} | "
-                     f"{m['coverage68']:.3f} | {m['coverage95']:.3f} | "
-                     f"{m['wasserstein_means_vs_truth']:.3f} | {m['n']} |")
-    if "oh12_detectability" in result:
-        c = result["oh12_detectability"]
-        lines += ["", f"Metallicity detectability classifier: accuracy {c['accuracy']:.3f}, "
-                      f"precision {c['precision']:.3f}, recall {c['recall']:.3f} "
-                      f"(n = {c['n']})"]
-    if "calibration" in result:
-        cal = result["calibration"]
-        lines += ["", f"Calibration on {cal['n']} galaxies with every target known "
-                      f"(model space, {result['information']['samples']} samples each):", "",
-                  "| target | cov68 | cov95 | PIT χ² p | SBC KS p |", "|---|---|---|---|---|"]
-        for t, m in cal["targets"].items():
-            lines.append(f"| {t} | {m['coverage68']:.3f} | {m['coverage95']:.3f} | "
-                         f"{m['pit_pvalue']:.3g} | {m['sbc_ks_pvalue']:.3g} |")
-        if cal.get("tarp"):
-            lines += ["", f"TARP: ATC {cal['tarp']['atc']:+.3f} (0 is calibrated, > 0 "
-                          f"under-confident), KS p {cal['tarp']['ks_pvalue']:.3g}"]
-        info = result["information"]
-        lines += ["", f"Information gain over the empirical prior: mean Δlog p "
-                      f"{info['mean_delta_log_p']:.2f}, mean KL {info['mean_kl']:.2f}"]
-    if "compare" in result and "information" in result["compare"]:
-        a, b = result["compare"]["labels"]
-        c = result["compare"]
-        lines += ["", f"Compared with {c['catalog']} ({b}): mean Δlog p "
-                      f"{c['information']['mean_delta_log_p']:.2f}, mean KL "
-                      f"{c['information']['mean_kl']:.2f}"]
-        if "win_rate_delta_log_p" in c:
-            lines.append(f"{a} wins Δlog p on {c['win_rate_delta_log_p']:.1%} and KL on "
-                         f"{c['win_rate_kl']:.1%} of galaxies")
-    return "\n".join(lines) + "\n"
-
