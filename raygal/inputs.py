@@ -26,6 +26,10 @@ STATUS_MISSING_CUTOUT = "missing_cutout"
 STATUS_BAD_CUTOUT = "bad_cutout"
 STATUS_MISSING_MAGERR = "missing_magerr"
 STATUS_MISSING_REDSHIFT = "missing_redshift"
+STATUS_OUT_OF_DOMAIN = "out_of_domain"
+#: How far outside the training range of a photometric feature a galaxy may lie, in that
+#: feature's training standard deviations, before it is out of the model's domain.
+DOMAIN_MARGIN = 0.5
 
 
 def as_numpy_batch(batch) -> dict[str, np.ndarray]:
@@ -205,6 +209,8 @@ class NormStats:
     n_rows: int = 0
     magerr_mean: list | None = None                     # of log10(magnitude error), per band
     magerr_std: list | None = None
+    phot_min: list | None = None                        # the training range of each feature
+    phot_max: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,6 +229,16 @@ class NormStats:
     # -- transforms used by every model ---------------------------------------------------
     def norm_phot(self, phot: np.ndarray) -> np.ndarray:
         return ((phot - np.asarray(self.phot_mean)) / np.asarray(self.phot_std)).astype(np.float32)
+
+    def in_domain(self, phot: np.ndarray) -> np.ndarray:
+        """[B] bool: raw photometric features [B, 5] inside the training range (widened by
+        ``DOMAIN_MARGIN`` standard deviations); all True where no range was recorded."""
+        if self.phot_min is None or self.phot_max is None:
+            return np.ones(len(phot), bool)
+        pad = DOMAIN_MARGIN * np.asarray(self.phot_std)
+        with np.errstate(invalid="ignore"):
+            return ((phot >= np.asarray(self.phot_min) - pad)
+                    & (phot <= np.asarray(self.phot_max) + pad)).all(axis=1)
 
     def norm_magerr(self, err: np.ndarray) -> np.ndarray:
         """[B, 5] magnitude errors -> standardised log10 errors."""
@@ -257,6 +273,8 @@ class StatsAccumulator:
         self.t = {t: np.zeros(3) for t in self.targets}
         self.c: np.ndarray | None = None           # per channel: pixel count, sum of squares
         self.e = np.zeros((3, len(MAGERR_COLUMNS)))  # log10 magnitude errors
+        self.lo = np.full(N_PHOT, np.inf)           # range of each photometric feature
+        self.hi = np.full(N_PHOT, -np.inf)
 
     def update(self, batch) -> "StatsAccumulator":
         batch = as_numpy_batch(batch)
@@ -265,6 +283,9 @@ class StatsAccumulator:
         ok = np.isfinite(phot).all(axis=1)
         ph = phot[ok]
         self.p += np.stack([np.full(N_PHOT, len(ph)), ph.sum(0), (ph ** 2).sum(0)])
+        if len(ph):
+            self.lo = np.minimum(self.lo, ph.min(0))
+            self.hi = np.maximum(self.hi, ph.max(0))
         y = target_matrix(batch, self.targets)
         for j, name in enumerate(self.targets):
             v = y[:, j][np.isfinite(y[:, j])]
@@ -293,7 +314,33 @@ class StatsAccumulator:
         if other.c is not None:
             self.c = other.c.copy() if self.c is None else self.c + other.c
         self.e = self.e + other.e
+        self.lo = np.minimum(self.lo, other.lo)
+        self.hi = np.maximum(self.hi, other.hi)
         return self
+
+    def state(self, channels: int = 0) -> dict[str, np.ndarray]:
+        """The accumulator as flat arrays (one row of a Ray Data batch), for partial sums
+        computed in parallel and merged with ``merge_state``. ``channels``: cutout channels
+        (the width of the cutout sums, zero where this batch had none)."""
+        c = self.c if self.c is not None else np.zeros((2, channels))
+        return {"n": np.array([self.n], np.int64), "p": self.p.ravel(),
+                "t": np.stack([self.t[k] for k in self.targets]).ravel()
+                if self.targets else np.zeros(0),
+                "c": c.ravel(), "has_c": np.array([self.c is not None]), "e": self.e.ravel(),
+                "lo": self.lo, "hi": self.hi}
+
+    def merge_state(self, st: dict) -> "StatsAccumulator":
+        """Add a ``state()`` (of an accumulator with the same targets) to this one."""
+        other = StatsAccumulator(self.targets)
+        other.n = int(np.asarray(st["n"]).sum())
+        other.p = np.asarray(st["p"], np.float64).reshape(other.p.shape)
+        t = np.asarray(st["t"], np.float64).reshape(len(self.targets), 3)
+        other.t = {k: t[j] for j, k in enumerate(self.targets)}
+        if bool(np.asarray(st["has_c"]).any()):
+            other.c = np.asarray(st["c"], np.float64).reshape(2, -1)
+        other.e = np.asarray(st["e"], np.float64).reshape(other.e.shape)
+        other.lo, other.hi = np.asarray(st["lo"]), np.asarray(st["hi"])
+        return self.merge(other)
 
     @staticmethod
     def _mean_std(cnt, s, ss):
@@ -317,7 +364,10 @@ class StatsAccumulator:
         if (self.e[0] >= 2).all():
             em, es = (list(v) for v in zip(*(self._mean_std(*self.e[:, j])
                                               for j in range(self.e.shape[1]))))
-        return NormStats(list(pm), list(ps), tm, ts, tc, scale, int(self.n), em, es)
+        lo = hi = None
+        if np.isfinite(self.lo).all() and np.isfinite(self.hi).all():
+            lo, hi = [float(v) for v in self.lo], [float(v) for v in self.hi]
+        return NormStats(list(pm), list(ps), tm, ts, tc, scale, int(self.n), em, es, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,7 +421,9 @@ class ModelInputs:
     ``prepare(batch)`` adds ``theta`` [B, D] (standardised model-space targets, NaN where
     missing) and ``objid``: it is what a Ray Data ``map_batches`` runs before the trainer, so
     CPU preprocessing overlaps training. ``status(batch)`` says per row whether a posterior
-    can be computed ('ok') or why not.
+    can be computed ('ok') or why not, including 'out_of_domain' for a galaxy whose
+    photometry lies outside what the model was trained on (``NormStats.in_domain``): the
+    model would extrapolate, so it gives no posterior rather than a confident guess.
 
     >>> stats = NormStats(target_mean={"z": 0.1}, target_std={"z": 0.05})
     >>> rows = {f"mag_{b}": np.array([19.0, np.nan]) for b in "ugriz"} | {"z": np.array([0.2, 0.1])}
@@ -437,6 +489,9 @@ class ModelInputs:
         b = as_numpy_batch(batch)
         uses_features = self._has_features(b)
         status = row_status(b, self.uses_image and not uses_features, self.uses_phot)
+        if self.uses_phot:
+            out = ~self.stats.in_domain(phot_matrix(b))
+            status[out & (status == STATUS_OK)] = STATUS_OUT_OF_DOMAIN
         if "err" in self.components:
             bad = ~np.isfinite(magerr_matrix(b)).all(axis=1)
             status[bad & (status == STATUS_OK)] = STATUS_MISSING_MAGERR

@@ -87,3 +87,35 @@ def test_a_posterior_learns_from_redshift_as_an_input():
         widths[kind] = float(np.median(post.summarize(_rows(50, seed=2), 200, seed=0)
                                        ["log_mstar_std"]))
     assert widths["phot+z"] < 0.5 * widths["phot"], widths
+
+
+def test_galaxies_outside_the_training_range_are_out_of_domain():
+    train = _rows(500)
+    stats = StatsAccumulator(["log_mstar"]).update(train).finalize()
+    assert stats.phot_min is not None and len(stats.phot_max) == 5
+    test = _rows(3, seed=9)
+    for c in MAG_COLUMNS:
+        test[c][:] = 18.0                               # colours 0, r = 18: inside
+    test["mag_r"][1] = 30.0                             # far fainter than anything trained on
+    test["mag_u"][2] = 10.0                             # a u-g colour never seen
+    inputs = ModelInputs("phot", stats, ["log_mstar"])
+    assert list(inputs.status(test)) == [STATUS_OK, "out_of_domain", "out_of_domain"]
+    post = GaussianPosterior(["log_mstar"], "phot", stats, {"hidden": 8})
+    s = post.summarize(test, 10, seed=0)
+    assert list(s["status"]) == [STATUS_OK, "out_of_domain", "out_of_domain"]
+    assert np.isfinite(s["log_mstar_mean"][0]) and np.isnan(s["log_mstar_mean"][1:]).all()
+
+
+def test_statistics_merge_through_flat_state():
+    a, b = _rows(100, seed=1), _rows(150, seed=2)
+    whole = StatsAccumulator(["z", "log_mstar"]).update(
+        {k: np.concatenate([a[k], b[k]]) for k in a}).finalize()
+    merged = StatsAccumulator(["z", "log_mstar"])
+    for part in (a, b):
+        merged.merge_state(StatsAccumulator(["z", "log_mstar"]).update(part).state())
+    m = merged.finalize()
+    for key, value in whole.to_dict().items():
+        np.testing.assert_allclose(np.asarray(getattr(m, key), dtype=float) if not isinstance(
+            value, dict) else [getattr(m, key)[k] for k in value],
+            np.asarray(value, dtype=float) if not isinstance(value, dict) else list(
+                value.values()), rtol=1e-9, err_msg=key)
