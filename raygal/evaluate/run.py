@@ -85,10 +85,13 @@ def evaluate(posteriors: str, data: str, out_dir: str, model: str | None = None,
     if len(ids):
         rows = read_rows(data, ids)
         prior, result["prior"] = _fit_prior(training, a, ids, seed)
-        for key, res, name in (("a", result, C.SAMPLES_FILE),
-                               ("b", result.get("compare"), C.COMPARE_SAMPLES_FILE)):
+        for key, res, name, cat in (("a", result, C.SAMPLES_FILE, a),
+                                    ("b", result.get("compare"), C.COMPARE_SAMPLES_FILE, b)):
             if res is not None:
-                cs[key] = _calibrate(res, rows, samples, kl_samples, prior, seed, solver,
+                # The solver the catalog was made with, unless told otherwise: the densities
+                # then describe the posteriors the catalog holds.
+                cs[key] = _calibrate(res, rows, samples, kl_samples, prior, seed,
+                                     solver or cat.settings.get("solver"),
                                      storage.join(out_dir, name))
         if b is not None and prior is not None:
             for k in ("delta_log_p", "kl"):
