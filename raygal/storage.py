@@ -13,9 +13,15 @@ The S3 endpoint comes, in order, from the ``endpoint_url`` argument, ``RAYGAL_S3
 chain (environment, ``~/.aws/credentials`` and ``config``, instance roles). Credentials are never
 printed, logged or put in error messages.
 
-Two kinds of filesystem are handed out: pyarrow's own (``arrow_fs``), which is several times
-faster for Parquet, and fsspec's (``fsspec_fs``: s3fs for S3) for everything file-like (FITS,
-JPEG, JSON manifests, checkpoints).
+Two kinds of filesystem are handed out: pyarrow's own (``arrow_fs``), several times faster for
+Parquet and as fast as s3fs for whole small files (cutouts, manifests) and ranged reads (FITS
+tables), so every read goes through it; and fsspec's (``fsspec_fs``: s3fs for S3), used where
+pyarrow has no equivalent: an exclusive create (``create_exclusive``, S3's conditional PUT),
+which the one-writer lease (``raygal.lease``) needs.
+
+Publication: ``write_bytes`` never leaves half a file under the final name (local: a hidden
+temporary file and a rename; S3: a PUT is atomic). Hidden temporary names start with ``.`` so
+that Parquet readers skip them.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import io
 import json
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -181,8 +188,9 @@ def makedirs(uri: str) -> None:
     os.makedirs(loc.path, exist_ok=True)
 
 
-def listdir(uri: str, suffix: str = "") -> list[str]:
-    """Sorted URIs of the files directly under ``uri`` whose names end with ``suffix``."""
+def listdir(uri: str, suffix: str = "", hidden: bool = False) -> list[str]:
+    """Sorted URIs of the files directly under ``uri`` whose names end with ``suffix``; names
+    starting with ``.`` (temporary files) are left out unless ``hidden``."""
     fs, path = arrow_fs(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -191,8 +199,11 @@ def listdir(uri: str, suffix: str = "") -> list[str]:
     loc = parse_uri(uri)
     out = []
     for info in infos:
-        if info.type == pafs.FileType.File and info.base_name.endswith(suffix):
-            out.append("s3://" + info.path if loc.is_s3 else info.path)
+        if info.type != pafs.FileType.File or not info.base_name.endswith(suffix):
+            continue
+        if info.base_name.startswith(".") and not hidden:
+            continue
+        out.append("s3://" + info.path if loc.is_s3 else info.path)
     return sorted(out)
 
 
@@ -212,16 +223,30 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def hidden_temp_path(path: str) -> str:
+    """A unique hidden sibling of local ``path`` (``.<name>.tmp-<pid>-<random>``): Parquet
+    readers and raygal's listings skip it, and two writers never share one."""
+    d, name = os.path.split(path)
+    return os.path.join(d, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri``. Local writes go through a temporary file and a rename, so a
-    reader never sees half a file; S3 PUTs are atomic already."""
+    """Write ``data`` to ``uri``. Local writes go through a hidden temporary file, an fsync and
+    a rename, so a reader (or a crash) never sees half a file; S3 PUTs are atomic already."""
     loc = parse_uri(uri)
     if not loc.is_s3:
         os.makedirs(os.path.dirname(loc.path), exist_ok=True)
-        tmp = f"{loc.path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, loc.path)
+        tmp = hidden_temp_path(loc.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, loc.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return
     fs, path = arrow_fs(uri)
     try:
@@ -229,6 +254,53 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
     except Exception as exc:
         raise _wrap(uri, exc) from None
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write ``data`` to ``uri`` only if no file is there; True if this call created it.
+
+    Local: ``O_CREAT | O_EXCL``. S3: a conditional PUT (``If-None-Match: *``) through s3fs,
+    which pyarrow's filesystem cannot send."""
+    loc = parse_uri(uri)
+    if not loc.is_s3:
+        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        try:
+            fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    fs, path = fsspec_fs(uri)
+    try:
+        fs.pipe_file(path, data, mode="create")
+        return True
+    except FileExistsError:
+        return False
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+
+
+def rename(src: str, dst: str) -> None:
+    """Move ``src`` to ``dst``, replacing it (local: one atomic rename; S3: copy, then delete)."""
+    fs, spath = arrow_fs(src)
+    _, dpath = arrow_fs(dst)
+    try:
+        fs.move(spath, dpath)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{src}: no such file") from None
+    except Exception as exc:
+        raise _wrap(src, exc) from None
+
+
+def file_size(uri: str) -> int | None:
+    """Size in bytes of the file at ``uri``, or None if there is none."""
+    fs, path = arrow_fs(uri)
+    try:
+        info = fs.get_file_info(path)
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+    return info.size if info.type == pafs.FileType.File else None
 
 
 def read_json(uri: str):
