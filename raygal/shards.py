@@ -389,6 +389,38 @@ def read_schema(uri: str) -> pa.Schema:
     return pq.read_schema(path, filesystem=fs)
 
 
+def read_rows(shard_uri: str, offset: int, count: int, columns: list[str] | None = None
+              ) -> pa.Table:
+    """Rows ``offset`` .. ``offset + count`` of one shard, reading only the row groups that
+    hold them (a block of a shard, for work split finer than shards)."""
+    fs, path = storage.arrow_fs(shard_uri)
+    try:
+        f = fs.open_input_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{shard_uri}: no such file") from None
+    except Exception as exc:
+        raise storage.StorageError(f"{shard_uri}: {_first_line(exc)}") from None
+    with f:
+        pf = pq.ParquetFile(f)
+        groups, start, first = [], 0, None
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if start < offset + count and start + n > offset:
+                groups.append(g)
+                first = start if first is None else first
+            start += n
+        if offset + count > start:
+            raise ValueError(f"{shard_uri}: rows {offset}..{offset + count} asked of a shard "
+                             f"of {start} rows (the dataset changed?)")
+        table = pf.read_row_groups(groups, columns=columns)
+    return table.slice(offset - first, count)
+
+
+def _first_line(exc: Exception) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
 def read_table(uri: str, columns: list[str] | None = None, max_rows: int | None = None
                ) -> pa.Table:
     """Read a (small) dataset into one table, shard by shard, stopping after ``max_rows``.

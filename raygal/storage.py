@@ -303,6 +303,30 @@ def file_size(uri: str) -> int | None:
     return info.size if info.type == pafs.FileType.File else None
 
 
+def tree_digest(uri: str) -> str:
+    """SHA-256 (32 hex) of every file under the folder ``uri`` (names and contents), e.g. a
+    saved model's description and weights: any change to any file changes it."""
+    import hashlib
+
+    fs, root = arrow_fs(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri}: no such folder") from None
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+    h = hashlib.sha256()
+    for info in sorted((i for i in infos if i.type == pafs.FileType.File),
+                       key=lambda i: i.path):
+        rel = posixpath.relpath(info.path, root)
+        if info.base_name.startswith("."):
+            continue
+        with fs.open_input_stream(info.path) as f:
+            h.update(f"{rel}\0{info.size}\0".encode())
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:32]
+
+
 def read_json(uri: str):
     return json.loads(read_bytes(uri).decode())
 
