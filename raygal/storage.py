@@ -25,6 +25,7 @@ that Parquet readers skip them.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -345,6 +346,44 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def staged_folder(uri: str):
+    """Write a folder (e.g. a model) under a staging name and publish it at ``uri`` in one
+    step when the ``with`` block succeeds; on failure the staging folder is deleted and what
+    was at ``uri`` stays as it was.
+
+    Local: ``.<name>.staging-<random>`` beside ``uri``, swapped in by two renames (the old
+    folder is moved aside first, then deleted). S3 has no rename: the files are copied from
+    the staging prefix, ``model.json``-like descriptions last (names sorted so that files
+    named ``*.json`` come after the others), then the staging prefix is deleted."""
+    loc = parse_uri(uri)
+    parent, name = posixpath.split(loc.uri) if loc.is_s3 else os.path.split(loc.path)
+    tag = uuid.uuid4().hex[:8]
+    staging = join(parent, f".{name}.staging-{tag}")
+    try:
+        yield staging
+    except BaseException:
+        delete(staging, recursive=True)
+        raise
+    if not loc.is_s3:
+        old = os.path.join(parent, f".{name}.old-{tag}")
+        if os.path.exists(loc.path):
+            os.replace(loc.path, old)
+        os.replace(staging, loc.path)
+        if os.path.exists(old):
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    fs, spath = arrow_fs(staging)
+    _, dpath = arrow_fs(uri)
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(spath, recursive=True))
+             if i.type == pafs.FileType.File]
+    for info in sorted(infos, key=lambda i: (i.base_name.endswith(".json"), i.path)):
+        fs.copy_file(info.path, dpath + info.path[len(spath):])
+    fs.delete_dir(spath)
 
 
 def delete(uri: str, recursive: bool = False) -> None:
