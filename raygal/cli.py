@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", help="frozen-VAE features for the NF (Ray Data job)")
     s.add_argument("--vae", required=True, help="trained VAE model URI")
     s.add_argument("--data", required=True, help="dataset with cutouts")
-    s.add_argument("--out", default=None, help="default: <data>/features/<VAE hash>")
+    s.add_argument("--out", default=None,
+                   help="default: <parent>/_features/<dataset name>/<VAE hash>")
     s.add_argument("--actors", type=int, default=1)
     s.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
     s.set_defaults(func=cmd_features)
