@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import posixpath
+import socket
 import sys
 import threading
 import time
@@ -201,8 +202,10 @@ def _settings_digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _part_meta(block: Block, digest: str, status: dict | None = None) -> dict:
-    return {"block": asdict(block), "settings": digest, "status": status or {}}
+def _part_meta(block: Block, digest: str, status: dict | None = None,
+               worker: str | None = None) -> dict:
+    return {"block": asdict(block), "settings": digest, "status": status or {},
+            "worker": worker}
 
 
 def _read_part_meta(uri: str) -> tuple[int, dict] | None:
@@ -282,7 +285,8 @@ class PartWriter:
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         names, counts = np.unique(cols["status"].astype(str), return_counts=True)
         status = {str(k): int(v) for k, v in zip(names, counts)}
-        table = _part_table(cols, _part_meta(block, self.digest, status))
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        table = _part_table(cols, _part_meta(block, self.digest, status, worker))
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         storage.write_bytes(storage.join(self.out_uri, block.name), buf.getvalue())
@@ -369,7 +373,7 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
     resumes with the same one."""
     if actors is not None:
         min_actors = max_actors = actors
-    block_rows = block_rows or DEFAULT_BLOCK_ROWS
+    block_rows = DEFAULT_BLOCK_ROWS if block_rows is None else block_rows
     _check_options(samples, block_rows, batch_size, min_actors, max_actors)
     desc = check_compatible(model_uri, data_uri)
     post = load_model(model_uri, solver)
