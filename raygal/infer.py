@@ -266,13 +266,20 @@ class PartWriter:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        names, status = [], []
+        names, status, errors = [], [], []
         for k in range(len(batch["index"])):
             block = Block(**{f: _scalar(batch[f][k]) for f in Block.__dataclass_fields__})
-            counts = self.write_block(block)
             names.append(block.name)
-            status.append(json.dumps(counts))
-        return {"name": np.array(names), "status": np.array(status)}
+            try:
+                status.append(json.dumps(self.write_block(block)))
+                errors.append("")
+            except (OSError, ValueError) as exc:
+                # The input's own problem (an unreadable shard, a lost object): handed to the
+                # driver as data, so it can name it in one line; other blocks go on.
+                status.append("{}")
+                errors.append(json.dumps([type(exc).__name__, _first_line(exc)]))
+        return {"name": np.array(names), "status": np.array(status),
+                "error": np.array(errors)}
 
     def write_block(self, block: Block) -> dict[str, int]:
         rows = read_rows(storage.join(self.data_uri, block.shard), block.offset, block.rows,
@@ -445,6 +452,9 @@ def _run_blocks(todo: list[Block], model_uri, data_uri, out_uri, settings, colum
                                every_s)
     printer.start()
     by_name = {b.name: b for b in todo}
+    # Two blocks in flight per actor: one running, one queued. Ray Data grows the pool when
+    # in-flight tasks per actor exceed 1.75, so one would never let it grow; more would
+    # leave blocks queued behind a busy actor while a new one sits idle.
     ds = ray.data.from_items([asdict(b) for b in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         PartWriter,
@@ -452,18 +462,22 @@ def _run_blocks(todo: list[Block], model_uri, data_uri, out_uri, settings, colum
                              max(1, int(cpus)), progress),
         batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors,
-                                           max_tasks_in_flight_per_actor=1),
-        num_cpus=cpus, num_gpus=gpus or None)
+                                           max_tasks_in_flight_per_actor=2),
+        num_cpus=cpus, num_gpus=gpus or None, **_worker_env())
+    errors = []
     try:
         for row in ds.iter_rows():
             name = str(row["name"])
+            if row["error"]:
+                errors.append(json.loads(str(row["error"])))
+                continue
             done[name] = _part_meta(by_name[name], digest, json.loads(str(row["status"])))
-    except Exception as exc:
-        raise _clean_error(exc, out_uri, len(done), len(todo)) from None
     finally:
         printer.stop_event.set()
         rows, t_first, first_rows = ray.get(progress.get.remote())
         ray.kill(progress)
+    if errors:
+        raise _input_error(errors, out_uri, len(done), len(todo))
     t_end = time.time()
     steady = None
     if t_first is not None and rows > first_rows and t_end > t_first:
@@ -471,30 +485,26 @@ def _run_blocks(todo: list[Block], model_uri, data_uri, out_uri, settings, colum
     return done, steady
 
 
-def _clean_error(exc: Exception, out_uri: str, n_done: int, n_todo: int) -> Exception:
-    """The user's error inside a Ray Data failure (a storage error naming the URI, a bad
-    value), with how far the run got; anything else is returned as it is."""
-    cause = _root_cause(exc)
-    if cause is exc or not isinstance(cause, (OSError, ValueError)):
-        return exc
-    msg = (f"{_first_line(cause)} ({n_done} of {n_todo} catalog part(s) of this run were "
-           f"published in {out_uri}; re-run the same command to finish)")
-    if isinstance(cause, ValueError):
-        return ValueError(msg)
-    return FileNotFoundError(msg) if isinstance(cause, FileNotFoundError) else \
-        storage.StorageError(msg)
+def _worker_env() -> dict:
+    """Ray remote arguments that give the actors the driver's object-store endpoint and
+    region (never credentials: workers use their own, e.g. the node's IAM role)."""
+    env = storage.forwarded_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost error of Ray's wrappers (RayTaskError, UserCodeException)."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    return exc
+def _input_error(errors: list, out_uri: str, n_done: int, n_todo: int) -> Exception:
+    """One error for the blocks whose input could not be read: the first one's message
+    (naming its URI), how many failed, and how far the run got."""
+    kind, first = errors[0]
+    msg = (f"{first} ({len(errors)} block(s) failed; {n_done} of {n_todo} catalog part(s) of "
+           f"this run were published in {out_uri}; re-run the same command to finish)")
+    if kind == "FileNotFoundError":
+        return FileNotFoundError(msg)
+    return ValueError(msg) if kind in _VALUE_ERRORS else storage.StorageError(msg)
+
+
+#: Error types of the input's content (not of its storage), reported as ValueError.
+_VALUE_ERRORS = ("ValueError", "IngestError", "ArrowInvalid", "KeyError")
 
 
 def _first_line(exc: BaseException) -> str:

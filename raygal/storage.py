@@ -81,6 +81,13 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(loc.path, *parts)
 
 
+def forwarded_env() -> dict[str, str]:
+    """The storage settings of this process that other processes (Ray workers) should share:
+    the S3 endpoint and region variables that are set. Never credentials."""
+    names = (*ENDPOINT_ENV_VARS, "AWS_REGION", "AWS_DEFAULT_REGION")
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+
 def endpoint_url(explicit: str | None = None) -> str | None:
     if explicit:
         return explicit

@@ -21,7 +21,9 @@ from raygal.infer import (PART_META_KEY, catalog_parts, catalog_rows_for_shard, 
 from raygal.lease import LOCK_FILE, Lease, OutputBusy
 from raygal.shards import fingerprint, read_manifest, read_rows, read_table, shard_uris
 
-pytestmark = pytest.mark.timeout(420)
+# The S3 server (session-wide) starts before this module's Ray, so Ray's workers share its
+# throw-away credentials as a cluster's nodes share theirs.
+pytestmark = [pytest.mark.timeout(420), pytest.mark.usefixtures("s3_server")]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +142,8 @@ def test_parquet_tools_open_dataset_and_catalog_by_folder(ray_local, small):
         assert pads.dataset(folder, format="parquet").count_rows() == n
     duckdb = pytest.importorskip("duckdb", reason="DuckDB is not installed")
     for folder in (data, out):
-        got = duckdb.sql(f"select count(*) from read_parquet('{folder}/*.parquet')").fetchone()
-        assert got[0] == 240
+        got = duckdb.sql(f"select count(*) from read_parquet('{folder}/*.parquet')").fetchall()
+        assert got[0][0] == 240
 
 
 def test_folders_of_the_earlier_layout_are_still_read(tmp_path):
