@@ -41,7 +41,8 @@ def cmd_ingest(args) -> int:
 
     m = ingest(args.inputs, args.out, format=args.format, cutouts=args.cutouts,
                target=args.target, rows_per_shard=args.rows_per_shard,
-               cutout_size=args.cutout_size)
+               cutout_size=args.cutout_size, on_duplicate=args.on_duplicate,
+               allow_missing_columns=args.allow_missing_columns)
     _print_ingest_summary(args.out, m)
     return 0
 
@@ -51,6 +52,15 @@ def _print_ingest_summary(out, m) -> None:
     flags = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("flag_counts", {}).items())) or "none"
     print(f"{out}: {m['num_rows']} rows in {len(m['shards'])} shard(s); dropped: {dropped}; "
           f"flagged: {flags}")
+    d = m.get("extra", {}).get("cutout_shape_decision")
+    if d:
+        how = ("--cutout-size" if d["by"] == "cutout_size" else
+               f"the majority of {d['sampled_files']} sampled files")
+        votes = ", ".join(f"{k}: {v}" for k, v in sorted(d["votes"].items()))
+        print(f"cutouts: {'x'.join(map(str, d['shape']))} {d['unit']}, by {how} ({votes})")
+    if m.get("duplicate_objids"):
+        print(f"duplicate objids (first row kept): {m['dropped'].get('duplicate objid', 0)}, "
+              f"e.g. {', '.join(map(str, m['duplicate_objids'][:5]))}")
 
 
 def cmd_info(args) -> int:
@@ -127,7 +137,8 @@ def cmd_tune(args) -> int:
         space = (yaml.safe_load(storage.read_bytes(args.config).decode()) or {}).get(
             "search_space")
     init_ray(args.ray_address)
-    s = run_sweep(cfg, args.trials, search_space=space)
+    s = run_sweep(cfg, args.trials, search_space=space,
+                  max_concurrent_trials=args.max_concurrent_trials)
     print(f"{len(s['results'])} trial(s), at most {s['max_concurrent_trials']} at once")
     for r in sorted(s["results"], key=lambda r: (r["best_val_loss"] is None,
                                                   r["best_val_loss"])):
@@ -166,10 +177,11 @@ def cmd_infer(args) -> int:
     s = infer(args.model, args.data, args.out, samples=args.samples, solver=args.solver,
               keep_samples=args.keep_samples, actors=args.actors,
               cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-              batch_size=args.batch_size, seed=args.seed)
+              batch_size=args.batch_size, seed=args.seed, min_actors=args.min_actors,
+              max_actors=args.max_actors, block_rows=args.block_rows)
     rate = s["posteriors_per_s"]
     print(f"{s['output_rows']} rows for {s['input_rows']} inputs "
-          f"({s['shards_written']} shard(s) written, {s['shards_skipped']} already done) in "
+          f"({s['shards_written']} part(s) written, {s['shards_skipped']} already done) in "
           f"{s['elapsed_s']:.1f} s" + (f", {rate:.1f} posteriors/s" if rate else ""))
     print("rows per status: " + ", ".join(f"{k} {v}" for k, v in
                                           sorted(s["rows_per_status"].items())))
@@ -311,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(e.g. oh12)")
     s.add_argument("--cutout-size", type=int, default=None, help="resize cutouts to this size")
     s.add_argument("--rows-per-shard", type=int, default=4096)
+    s.add_argument("--on-duplicate", choices=["keep-first", "error"], default="keep-first",
+                   help="an objid seen twice: keep the first row and count the rest in the "
+                        "manifest (default), or refuse the input")
+    s.add_argument("--allow-missing-columns", action="store_true",
+                   help="accept a table with some ugriz magnitudes (or errors) missing, "
+                        "flagging its rows, instead of refusing it")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("info", help="print a dataset's manifest facts")
@@ -347,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model option, e.g. --set coupling_layers=8 (repeatable)")
         if name == "tune":
             s.add_argument("--trials", type=int, default=8)
+            s.add_argument("--max-concurrent-trials", type=int, default=None,
+                           help="trials run at once (default: as many as the cluster's CPUs "
+                                "allow beside one for data)")
             s.set_defaults(func=cmd_tune)
         else:
             s.set_defaults(func=cmd_train)
@@ -354,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", help="frozen-VAE features for the NF (Ray Data job)")
     s.add_argument("--vae", required=True, help="trained VAE model URI")
     s.add_argument("--data", required=True, help="dataset with cutouts")
-    s.add_argument("--out", default=None, help="default: <data>/features/<VAE hash>")
+    s.add_argument("--out", default=None,
+                   help="default: <parent>/_features/<dataset name>/<VAE hash>")
     s.add_argument("--actors", type=int, default=1)
     s.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
     s.set_defaults(func=cmd_features)
@@ -369,7 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", default=None, help="CFM ODE solver, e.g. rk4-100 (the paper's), "
                                                   "rk4-10, midpoint-10, euler-20, dopri5")
     s.add_argument("--keep-samples", action="store_true", help="store the samples too")
-    s.add_argument("--actors", type=int, default=None, help="actor pool size")
+    s.add_argument("--actors", type=int, default=None,
+                   help="fixed actor pool size (sets --min-actors and --max-actors)")
+    s.add_argument("--min-actors", type=int, default=None,
+                   help="smallest actor pool (default 1)")
+    s.add_argument("--max-actors", type=int, default=None,
+                   help="largest actor pool (default: no limit; the pool grows with the "
+                        "cluster)")
+    s.add_argument("--block-rows", type=int, default=None,
+                   help="rows per unit of work and catalog part (default 512)")
     s.add_argument("--cpus-per-actor", type=float, default=None)
     s.add_argument("--gpus-per-actor", type=float, default=0.0)
     s.add_argument("--batch-size", type=int, default=256)

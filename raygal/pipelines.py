@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 
+import logging
+
 from . import storage
-from .shards import read_manifest, read_schema, shard_uris
+from .shards import fingerprint, read_manifest, read_schema, shard_uris
 from .inputs import (STATUS_OK, NormStats, StatsAccumulator, as_numpy_batch, batch_size,
                        row_status)
 from .schema import CUTOUT_COLUMN, ID_COLUMN, TARGETS, cutout_shape_of, validate_schema
 
-STATS_FILE = "stats.json"
+log = logging.getLogger("raygal.pipelines")
+STATS_FILE = "_stats.json"
+LEGACY_STATS_FILE = "stats.json"
+#: Key of the dataset fingerprint inside a statistics file (``NormStats`` ignores it).
+FINGERPRINT_KEY = "data_fingerprint"
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -162,23 +168,62 @@ def _tensor_shape(schema, column):
     return tuple(shape) if shape is not None else None
 
 
-def save_stats(stats: NormStats, uri: str) -> str:
-    """Persist statistics beside a dataset (``<uri>/stats.json``); returns the file's URI."""
+def save_stats(stats: NormStats, uri: str, data_fingerprint: str | None = None) -> str:
+    """Persist statistics beside a dataset (``<uri>/_stats.json``, with the fingerprint of the
+    dataset they describe: by default its current one); returns the file's URI."""
     out = storage.join(uri, STATS_FILE)
-    storage.write_json(out, stats.to_dict())
+    d = stats.to_dict()
+    d[FINGERPRINT_KEY] = data_fingerprint or fingerprint(uri)
+    storage.write_json(out, d)
     return out
 
 
-def load_stats(uri: str) -> NormStats:
-    return NormStats.from_dict(storage.read_json(storage.join(uri, STATS_FILE)))
+def load_stats(uri: str, check: bool = True) -> NormStats:
+    """The statistics saved beside the dataset at ``uri``; with ``check``, a clear error if
+    they were computed for another version of its content (see ``stats_for``)."""
+    d, why = _saved_stats(uri)
+    if d is None:
+        raise FileNotFoundError(f"{storage.join(uri, STATS_FILE)}: no statistics; compute them "
+                                f"with 'raygal stats {uri}'")
+    if check and why:
+        raise ValueError(why)
+    return NormStats.from_dict(d)
+
+
+def _saved_stats(uri: str) -> tuple[dict | None, str | None]:
+    """(saved statistics or None, why they are stale or None)."""
+    for name in (STATS_FILE, LEGACY_STATS_FILE):
+        f = storage.join(uri, name)
+        if storage.exists(f):
+            d = storage.read_json(f)
+            break
+    else:
+        return None, None
+    current = fingerprint(uri)
+    saved = d.get(FINGERPRINT_KEY)
+    if saved == current:
+        return d, None
+    if saved is None and current.startswith("legacy-"):
+        return d, None          # both from before fingerprints: nothing to compare
+    return d, (f"{f}: statistics of another version of the dataset (made from content "
+               f"{saved or 'unknown'}, the dataset is now {current})")
 
 
 def stats_for(uri: str, recompute: bool = False, ds=None) -> NormStats:
-    """Statistics of the dataset at ``uri``, computed once and then read from disk."""
-    if not recompute and storage.exists(storage.join(uri, STATS_FILE)):
-        return load_stats(uri)
+    """Statistics of the dataset at ``uri``, computed once and then read from disk.
+
+    Saved statistics are used only if they were computed from the dataset's current content
+    (same fingerprint); stale ones (the folder was re-ingested or re-simulated since) are
+    recomputed, and the log says so."""
+    if not recompute:
+        d, why = _saved_stats(uri)
+        if d is not None and why is None:
+            return NormStats.from_dict(d)
+        if why:
+            log.warning("%s; recomputing", why)
+    fp = fingerprint(uri)
     stats = compute_stats(ds if ds is not None else read_dataset(uri))
-    save_stats(stats, uri)
+    save_stats(stats, uri, data_fingerprint=fp)
     return stats
 
 
@@ -320,7 +365,7 @@ def write_split(uri: str, name: str, out_uri: str, fractions=DEFAULT_FRACTIONS,
     per = rows_per_shard or max(s["num_rows"] for s in m["shards"])
     with ShardWriter(out_uri, schema, rows_per_shard=per,
                      objid_origin=m.get("objid_origin", "sdss"),
-                     extra={"split_of": uri, "split": name,
+                     extra={"split_of": uri, "split": name, "source_fingerprint": fingerprint(uri),
                             "fractions": list(fractions)}) as w:
         for s in shard_uris(uri):
             fs, path = storage.arrow_fs(s)

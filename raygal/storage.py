@@ -13,16 +13,24 @@ The S3 endpoint comes, in order, from the ``endpoint_url`` argument, ``RAYGAL_S3
 chain (environment, ``~/.aws/credentials`` and ``config``, instance roles). Credentials are never
 printed, logged or put in error messages.
 
-Two kinds of filesystem are handed out: pyarrow's own (``arrow_fs``), which is several times
-faster for Parquet, and fsspec's (``fsspec_fs``: s3fs for S3) for everything file-like (FITS,
-JPEG, JSON manifests, checkpoints).
+Two kinds of filesystem are handed out: pyarrow's own (``arrow_fs``), several times faster for
+Parquet and as fast as s3fs for whole small files (cutouts, manifests) and ranged reads (FITS
+tables), so every read goes through it; and fsspec's (``fsspec_fs``: s3fs for S3), used where
+pyarrow has no equivalent: an exclusive create (``create_exclusive``, S3's conditional PUT),
+which the one-writer lease (``raygal.lease``) needs.
+
+Publication: ``write_bytes`` never leaves half a file under the final name (local: a hidden
+temporary file and a rename; S3: a PUT is atomic). Hidden temporary names start with ``.`` so
+that Parquet readers skip them.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -71,6 +79,13 @@ def join(uri: str, *parts: str) -> str:
     if loc.is_s3:
         return "s3://" + posixpath.join(loc.path, *parts)
     return os.path.join(loc.path, *parts)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The storage settings of this process that other processes (Ray workers) should share:
+    the S3 endpoint and region variables that are set. Never credentials."""
+    names = (*ENDPOINT_ENV_VARS, "AWS_REGION", "AWS_DEFAULT_REGION")
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
 def endpoint_url(explicit: str | None = None) -> str | None:
@@ -181,8 +196,9 @@ def makedirs(uri: str) -> None:
     os.makedirs(loc.path, exist_ok=True)
 
 
-def listdir(uri: str, suffix: str = "") -> list[str]:
-    """Sorted URIs of the files directly under ``uri`` whose names end with ``suffix``."""
+def listdir(uri: str, suffix: str = "", hidden: bool = False) -> list[str]:
+    """Sorted URIs of the files directly under ``uri`` whose names end with ``suffix``; names
+    starting with ``.`` (temporary files) are left out unless ``hidden``."""
     fs, path = arrow_fs(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -191,8 +207,11 @@ def listdir(uri: str, suffix: str = "") -> list[str]:
     loc = parse_uri(uri)
     out = []
     for info in infos:
-        if info.type == pafs.FileType.File and info.base_name.endswith(suffix):
-            out.append("s3://" + info.path if loc.is_s3 else info.path)
+        if info.type != pafs.FileType.File or not info.base_name.endswith(suffix):
+            continue
+        if info.base_name.startswith(".") and not hidden:
+            continue
+        out.append("s3://" + info.path if loc.is_s3 else info.path)
     return sorted(out)
 
 
@@ -212,16 +231,30 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def hidden_temp_path(path: str) -> str:
+    """A unique hidden sibling of local ``path`` (``.<name>.tmp-<pid>-<random>``): Parquet
+    readers and raygal's listings skip it, and two writers never share one."""
+    d, name = os.path.split(path)
+    return os.path.join(d, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri``. Local writes go through a temporary file and a rename, so a
-    reader never sees half a file; S3 PUTs are atomic already."""
+    """Write ``data`` to ``uri``. Local writes go through a hidden temporary file, an fsync and
+    a rename, so a reader (or a crash) never sees half a file; S3 PUTs are atomic already."""
     loc = parse_uri(uri)
     if not loc.is_s3:
         os.makedirs(os.path.dirname(loc.path), exist_ok=True)
-        tmp = f"{loc.path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, loc.path)
+        tmp = hidden_temp_path(loc.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, loc.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return
     fs, path = arrow_fs(uri)
     try:
@@ -229,6 +262,77 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
     except Exception as exc:
         raise _wrap(uri, exc) from None
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write ``data`` to ``uri`` only if no file is there; True if this call created it.
+
+    Local: ``O_CREAT | O_EXCL``. S3: a conditional PUT (``If-None-Match: *``) through s3fs,
+    which pyarrow's filesystem cannot send."""
+    loc = parse_uri(uri)
+    if not loc.is_s3:
+        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        try:
+            fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    fs, path = fsspec_fs(uri)
+    try:
+        fs.pipe_file(path, data, mode="create")
+        return True
+    except FileExistsError:
+        return False
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+
+
+def rename(src: str, dst: str) -> None:
+    """Move ``src`` to ``dst``, replacing it (local: one atomic rename; S3: copy, then delete)."""
+    fs, spath = arrow_fs(src)
+    _, dpath = arrow_fs(dst)
+    try:
+        fs.move(spath, dpath)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{src}: no such file") from None
+    except Exception as exc:
+        raise _wrap(src, exc) from None
+
+
+def file_size(uri: str) -> int | None:
+    """Size in bytes of the file at ``uri``, or None if there is none."""
+    fs, path = arrow_fs(uri)
+    try:
+        info = fs.get_file_info(path)
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def tree_digest(uri: str) -> str:
+    """SHA-256 (32 hex) of every file under the folder ``uri`` (names and contents), e.g. a
+    saved model's description and weights: any change to any file changes it."""
+    import hashlib
+
+    fs, root = arrow_fs(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri}: no such folder") from None
+    except Exception as exc:
+        raise _wrap(uri, exc) from None
+    h = hashlib.sha256()
+    for info in sorted((i for i in infos if i.type == pafs.FileType.File),
+                       key=lambda i: i.path):
+        rel = posixpath.relpath(info.path, root)
+        if info.base_name.startswith("."):
+            continue
+        with fs.open_input_stream(info.path) as f:
+            h.update(f"{rel}\0{info.size}\0".encode())
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:32]
 
 
 def read_json(uri: str):
@@ -249,6 +353,44 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def staged_folder(uri: str):
+    """Write a folder (e.g. a model) under a staging name and publish it at ``uri`` in one
+    step when the ``with`` block succeeds; on failure the staging folder is deleted and what
+    was at ``uri`` stays as it was.
+
+    Local: ``.<name>.staging-<random>`` beside ``uri``, swapped in by two renames (the old
+    folder is moved aside first, then deleted). S3 has no rename: the files are copied from
+    the staging prefix, ``model.json``-like descriptions last (names sorted so that files
+    named ``*.json`` come after the others), then the staging prefix is deleted."""
+    loc = parse_uri(uri)
+    parent, name = posixpath.split(loc.uri) if loc.is_s3 else os.path.split(loc.path)
+    tag = uuid.uuid4().hex[:8]
+    staging = join(parent, f".{name}.staging-{tag}")
+    try:
+        yield staging
+    except BaseException:
+        delete(staging, recursive=True)
+        raise
+    if not loc.is_s3:
+        old = os.path.join(parent, f".{name}.old-{tag}")
+        if os.path.exists(loc.path):
+            os.replace(loc.path, old)
+        os.replace(staging, loc.path)
+        if os.path.exists(old):
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    fs, spath = arrow_fs(staging)
+    _, dpath = arrow_fs(uri)
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(spath, recursive=True))
+             if i.type == pafs.FileType.File]
+    for info in sorted(infos, key=lambda i: (i.base_name.endswith(".json"), i.path)):
+        fs.copy_file(info.path, dpath + info.path[len(spath):])
+    fs.delete_dir(spath)
 
 
 def delete(uri: str, recursive: bool = False) -> None:

@@ -94,9 +94,13 @@ def max_concurrent(cfg: TrainConfig, cpus_per_worker: float) -> int:
 
 
 def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
-              grace_period: int = 2, seed: int = 0) -> dict:
+              grace_period: int = 2, seed: int = 0,
+              max_concurrent_trials: int | None = None) -> dict:
     """Run a sweep of ``trials`` trials; returns {'results': rows, 'best': row,
-    'model_uri': ...}."""
+    'model_uri': ...}. ``max_concurrent_trials`` caps the trials run at once (default:
+    ``max_concurrent``, from the cluster's CPUs and GPUs)."""
+    if max_concurrent_trials is not None and max_concurrent_trials < 1:
+        raise ValueError(f"--max-concurrent-trials {max_concurrent_trials}: must be at least 1")
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -108,9 +112,10 @@ def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
         total = ray.cluster_resources().get("CPU", 1.0)
         # Each trial's workers share what is left after one CPU for data; the driver needs a
         # sliver (0 raises).
-        per = (total - 1.0) / max(1, min(trials, int(total - 1) or 1) * cfg.workers)
+        at_once = min(trials, max_concurrent_trials or int(total - 1) or 1)
+        per = (total - 1.0) / max(1, at_once * cfg.workers)
         cfg.cpus_per_worker = max(0.25, min(1.0, per) - 0.01)
-    concurrency = max_concurrent(cfg, cfg.cpus_per_worker)
+    concurrency = max_concurrent_trials or max_concurrent(cfg, cfg.cpus_per_worker)
     base = cfg.to_dict()
     space["__base__"] = base
     fs, path = storage.arrow_fs(storage.join(cfg.out, "tune"))

@@ -87,7 +87,7 @@ def test_one_row_per_input_with_sane_intervals(ray_local, setup):
         assert (q["q50"] <= q["q84"]).all() and (q["q84"] <= q["q975"]).all()
         assert (q["std"] > 0).all()
     assert s["rows_per_status"]["ok"] == int(ok.sum())
-    assert storage.exists(os.path.join(out, "summary.json"))
+    assert storage.exists(os.path.join(out, "_summary.json"))
 
 
 def test_bad_rows_come_back_with_status(ray_local, setup):
@@ -158,5 +158,5 @@ def test_killed_run_finishes_without_duplicates(setup, tmp_path):
     cat = _catalog(out)
     ids = cat.column("objid").to_numpy()
     assert len(ids) == setup["n"] and len(np.unique(ids)) == setup["n"]
-    summary = storage.read_json(os.path.join(out, "summary.json"))
+    summary = storage.read_json(os.path.join(out, "_summary.json"))
     assert summary["complete"] and summary["shards_skipped"] >= first

@@ -349,7 +349,8 @@ def test_reingest_replaces_previous_dataset(tmp_path):
     write_skyserver_csv(tmp_path / "sky.csv")
     ingest(str(tmp_path / "sky.csv"), str(tmp_path / "out"), rows_per_shard=2)
     m = ingest(str(tmp_path / "sky.csv"), str(tmp_path / "out"))
-    assert sorted(os.listdir(tmp_path / "out")) == ["manifest.json", "part-00000.parquet"]
+    # one manifest and one shard: the previous version's shards are gone
+    assert sorted(os.listdir(tmp_path / "out")) == ["_manifest.json", m["shards"][0]["name"]]
     assert read_manifest(str(tmp_path / "out"))["num_rows"] == m["num_rows"]
 
 
@@ -372,6 +373,7 @@ def test_truncated_fits_names_the_file(tmp_path):
     with pytest.raises(IngestError, match="cut_photo.fits.*truncated"):
         ingest(str(cut), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "_manifest.json").exists()
 
 
 def test_missing_required_column_is_named(tmp_path):

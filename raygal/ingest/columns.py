@@ -164,3 +164,20 @@ def require(cmap: ColumnMap, fields, uri: str, names, what: str = "") -> None:
             accepted.append(f"{f} (any of {', '.join(alias)})")
     raise IngestError(uri, f"missing required column(s){' for ' + what if what else ''}: "
                            f"{'; '.join(accepted)}; columns present: {', '.join(names)}")
+
+
+def check_bands(cmap: ColumnMap, uri: str, names, allow_missing: bool = False) -> list[str]:
+    """A table with photometry must have all five magnitudes of its family, and either all
+    five errors or none (SkyServer exports have none: rows are flagged MAGERR_MISSING). A
+    partial set is an error naming what is missing, unless ``allow_missing``: then the
+    missing fields are returned (to record in the manifest) and their rows are flagged."""
+    if not cmap.has_photometry:
+        return []
+    missing = [f"mag_{b}" for b in BANDS if f"mag_{b}" not in cmap]
+    errs = [f"magerr_{b}" for b in BANDS if f"magerr_{b}" not in cmap]
+    if len(errs) < len(BANDS):
+        missing += errs
+    if missing and not allow_missing:
+        require(cmap, missing, uri, names, "ugriz photometry (or pass allow_missing_columns="
+                                           "True / --allow-missing-columns to flag the rows)")
+    return missing

@@ -20,10 +20,12 @@ Any format takes ``cutouts=<folder>`` to attach images named by objID.
 from __future__ import annotations
 
 import posixpath
-
+import sys
+import time
 
 from raygal import storage
-from raygal.shards import MANIFEST, ShardWriter
+from raygal.lease import Lease
+from raygal.shards import ON_DUPLICATE, ShardWriter
 from raygal.schema import CUTOUT_COLUMN, galaxy_schema
 
 from . import readers
@@ -125,39 +127,42 @@ def _plan(inputs: list[str], format: str, cutouts: str | None):
     return fmt, uris, (av[0] if av else None), cutouts
 
 
-def _tables(fmt, uris, av, *, target, join_on, chunk_rows, report, mags):
+def _tables(fmt, uris, av, *, target, join_on, chunk_rows, report, mags, allow_missing):
     """The rows of all inputs, as a stream of raygal tables."""
+    common = dict(chunk_rows=chunk_rows, report=report)
+    checked = dict(common, mags=mags, allow_missing_columns=allow_missing)
     if fmt == "fits":
-        yield from readers.read_fits(uris, join_on=join_on, chunk_rows=chunk_rows,
-                                     report=report, mags=mags)
+        yield from readers.read_fits(uris, join_on=join_on, **checked)
         return
     for u in uris:
         if fmt == "skyserver":
-            yield from readers.read_skyserver(u, chunk_rows=chunk_rows, report=report,
-                                              mags=mags)
+            yield from readers.read_skyserver(u, **checked)
         elif fmt == "annz":
-            yield from readers.read_annz(u, chunk_rows=chunk_rows, report=report)
+            yield from readers.read_annz(u, **common)
         elif fmt == "lines":
-            yield from readers.read_lines(u, av, chunk_rows=chunk_rows, report=report,
-                                          mags=mags)
+            yield from readers.read_lines(u, av, **checked)
         else:  # images, catalog
-            yield from readers.read_catalog(u, target=target, chunk_rows=chunk_rows,
-                                            report=report, mags=mags)
+            yield from readers.read_catalog(u, target=target, **checked)
 
 
-def _clear(out_uri: str) -> None:
-    """Remove a previous dataset's manifest (first, so that no reader pairs it with new shards)
-    and its shards."""
-    muri = storage.join(out_uri, MANIFEST)
-    if not storage.exists(muri):
-        return
-    try:
-        old = storage.read_json(muri)
-    except Exception:
-        old = {}
-    storage.delete(muri)
-    for s in old.get("shards", []):
-        storage.delete(storage.join(out_uri, s["name"]))
+class _Progress:
+    """Rows read and written, printed to stderr every ``every_s`` seconds once an ingest has
+    run that long (short ones stay quiet)."""
+
+    def __init__(self, report: IngestReport, out_uri: str, every_s: float | None):
+        self.report, self.out_uri, self.every_s = report, out_uri, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.written = 0
+
+    def update(self, rows_written: int) -> None:
+        self.written += rows_written
+        now = time.perf_counter()
+        if self.every_s is None or now - self.last < self.every_s:
+            return
+        self.last = now
+        read = self.report.input_rows
+        print(f"[raygal ingest] {self.out_uri}: {read} rows read, {self.written} written, "
+              f"{read / (now - self.t0):.0f} rows/s", file=sys.stderr, flush=True)
 
 
 def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
@@ -165,7 +170,8 @@ def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
            rows_per_shard: int | None = None, cutout_size=None, join_on: str | None = None,
            mags: str = "auto", pixel_scale: float | None = None,
            cutout_bands: tuple[str, ...] | None = None, chunk_rows: int = 65536,
-           workers: int = 8) -> dict:
+           workers: int = 8, on_duplicate: str = "keep-first",
+           allow_missing_columns: bool = False, progress_every_s: float | None = 5.0) -> dict:
     """Read SDSS catalogs (and cutouts) from ``inputs`` and write a raygal dataset to
     ``out_uri`` (local path or s3://); returns the manifest.
 
@@ -177,7 +183,8 @@ def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
         target: raygal target held by an ``objID,<value>`` catalog's value column when its
             name is not a known alias (``oh_p50`` is).
         rows_per_shard: rows per Parquet shard (default 4096, or 512 with cutouts).
-        cutout_size: int or (H, W) to resample every cutout to; default the first image's.
+        cutout_size: int or (H, W) to resample every cutout to; default the shape of the
+            majority of the cutout files (the decision is in ``extra["cutout_shape_decision"]``).
         join_on: FITS join key: ``objid``, ``specobjid`` or ``plate_mjd_fiber``.
         mags: magnitude family: ``auto`` (dered > model > cmodel > petro), or one of
             ``raygal.ingest.columns.MAG_KINDS``.
@@ -185,6 +192,17 @@ def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
             channel).
         chunk_rows: catalog rows read per block (memory bound of the readers).
         workers: threads fetching and decoding cutouts.
+        on_duplicate: ``keep-first`` writes the first row of each objid and counts the others
+            in ``dropped["duplicate objid"]`` (listing the first few in ``duplicate_objids``);
+            ``error`` refuses the input at the first duplicate.
+        allow_missing_columns: accept a table with some of the five magnitudes (or errors)
+            missing, flagging its rows, instead of refusing it; the manifest lists what was
+            missing (``extra["missing_columns"]``).
+        progress_every_s: print rows read/written and rows/s to stderr this often (None:
+            never).
+
+    Publication is atomic (``raygal.shards``): until the new manifest is written, the
+    dataset that was at ``out_uri`` stays intact, and a failed ingest leaves it as it was.
 
     The manifest's ``dropped`` counts the rows not written (e.g. ``class=STAR``),
     ``flag_counts`` the rows written with each flag, ``objid_origin`` where ids come from, and
@@ -194,6 +212,9 @@ def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
     inputs = [inputs] if isinstance(inputs, str) else [str(u) for u in inputs]
     if not inputs:
         raise ValueError("ingest: no inputs")
+    if on_duplicate not in ON_DUPLICATE:
+        raise ValueError(f"on_duplicate={on_duplicate!r}: choose one of "
+                         f"{', '.join(ON_DUPLICATE)}")
     storage.check_reachable(out_uri)
     for u in inputs:
         _check_input(u)
@@ -202,10 +223,23 @@ def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
     fmt, uris, av, cutouts = _plan(inputs, format, cutouts)
     if av:
         _check_input(av)
+    storage.makedirs(out_uri)
+    with Lease(out_uri, "raygal ingest") as lease:
+        return _ingest(fmt, uris, av, cutouts, out_uri, lease, target=target,
+                       rows_per_shard=rows_per_shard, cutout_size=cutout_size,
+                       join_on=join_on, mags=mags, pixel_scale=pixel_scale,
+                       cutout_bands=cutout_bands, chunk_rows=chunk_rows, workers=workers,
+                       on_duplicate=on_duplicate, allow_missing=allow_missing_columns,
+                       progress_every_s=progress_every_s)
 
+
+def _ingest(fmt, uris, av, cutouts, out_uri, lease, *, target, rows_per_shard, cutout_size,
+            join_on, mags, pixel_scale, cutout_bands, chunk_rows, workers, on_duplicate,
+            allow_missing, progress_every_s) -> dict:
+    """Stream the planned inputs into a new version of ``out_uri`` (under ``lease``)."""
     report = IngestReport()
     tables = _tables(fmt, uris, av, target=target, join_on=join_on, chunk_rows=chunk_rows,
-                     report=report, mags=mags)
+                     report=report, mags=mags, allow_missing=allow_missing)
     attacher = None
     if cutouts is not None:
         attacher = CutoutAttacher(cutouts, report=report, size=cutout_size,
@@ -213,9 +247,6 @@ def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
         tables = attacher.attach_all(tables)
     if rows_per_shard is None:
         rows_per_shard = ROWS_PER_SHARD_CUTOUTS if attacher else ROWS_PER_SHARD_PHOTOMETRY
-
-    writer = None
-    first_schema = None
 
     def open_writer(table_schema):
         extra = [f for f in table_schema
@@ -226,28 +257,35 @@ def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
                                    extra=extra)
         else:
             schema = galaxy_schema(None, extra=extra)
-        _clear(out_uri)
         return ShardWriter(out_uri, schema, rows_per_shard=rows_per_shard,
-                           objid_origin=report.objid_origin or "sdss")
+                           objid_origin=report.objid_origin or "sdss",
+                           on_duplicate=on_duplicate, lease=lease)
 
-    for t in tables:
-        if first_schema is None:
-            first_schema = t.schema
-        if t.num_rows == 0:
-            continue
-        if writer is None:
-            writer = open_writer(t.schema)
-        writer.write(t)
-    if writer is None:  # every row dropped (e.g. a catalog of stars): an empty dataset
-        if attacher is not None and attacher.shape is None:
-            attacher._probe()
-        writer = open_writer(first_schema)
-    writer.objid_origin = report.objid_origin or writer.objid_origin
-    for reason, n in sorted(report.dropped.items()):
-        writer.drop(reason, n)
-    writer.extra.update(report.to_extra())
-    writer.extra["format"] = fmt
-    manifest = writer.close()
+    writer = None
+    first_schema = None
+    progress = _Progress(report, out_uri, progress_every_s)
+    try:
+        for t in tables:
+            if first_schema is None:
+                first_schema = t.schema
+            if t.num_rows == 0:
+                continue
+            if writer is None:
+                writer = open_writer(t.schema)
+            writer.write(t)
+            progress.update(t.num_rows)
+        if writer is None:  # every row dropped (e.g. a catalog of stars): an empty dataset
+            writer = open_writer(first_schema)
+        writer.objid_origin = report.objid_origin or writer.objid_origin
+        for reason, n in sorted(report.dropped.items()):
+            writer.drop(reason, n)
+        writer.extra.update(report.to_extra())
+        writer.extra["format"] = fmt
+        manifest = writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     accounted = manifest["num_rows"] + sum(manifest["dropped"].values())
     if accounted != report.input_rows:   # a bug here, never a user error: fail loudly
         raise RuntimeError(f"ingest lost rows: {report.input_rows} read, {manifest['num_rows']}"

@@ -14,10 +14,13 @@ What is stored:
   band (H, W) -> (1, H, W); unit from BUNIT (default nanomaggies), pixel scale from the WCS
   (CDELT / CD) or SDSS's 0.396"/pixel.
 
-Shape policy: every cutout of a dataset has the first readable image's shape, or
-``size`` (H, W) when given, in which case other shapes are resampled (bilinear; FITS values
-are scaled by the pixel-area ratio so that the total flux is kept). Without ``size`` a cutout of
-another shape is zeroed and flagged CUTOUT_BAD. Per row: no file -> zeros + CUTOUT_MISSING;
+Shape policy, decided before any row is written: every cutout of a dataset has the shape (and
+unit) of the majority of the cutout files (all of them, or ``SHAPE_SAMPLE`` spread evenly over
+the folder in objID order), so one odd image cannot impose its shape on the rest; or ``size``
+(H, W) when given, in which case other shapes are resampled (bilinear; FITS values are scaled
+by the pixel-area ratio so that the total flux is kept). Without ``size`` a cutout of another
+shape is zeroed and flagged CUTOUT_BAD. The decision and the votes are recorded in the
+manifest (``extra["cutout_shape_decision"]``). Per row: no file -> zeros + CUTOUT_MISSING;
 unreadable, truncated, wrong shape, another unit than the dataset's, blank or non-finite ->
 zeros + CUTOUT_BAD, with the file name listed in the manifest (``extra["bad_cutouts"]``).
 """
@@ -48,8 +51,8 @@ JPEG_UNIT = "jpeg_rgb_scaled"
 COMPOSITE_BANDS = ("i", "r", "g")
 #: Rows decoded together (bounded memory: 256 x 3 x 160 x 160 float32 = 79 MB).
 BATCH_ROWS = 256
-#: How many files to try when the first rows have no readable cutout to fix the shape.
-PROBE_FILES = 1000
+#: Cutout files read to decide the dataset's shape by majority (spread over the folder).
+SHAPE_SAMPLE = 200
 
 
 class CutoutProblem(Exception):
@@ -186,9 +189,10 @@ def resize(arr: np.ndarray, hw: tuple[int, int], conserve_flux: bool) -> np.ndar
 class CutoutAttacher:
     """Adds the ``cutout`` column to catalog tables, looking files up by objID in ``folder``.
 
-    ``size``: (H, W) or an int to resample every cutout to; else the first readable image's
-    shape. ``pixel_scale`` / ``bands`` override what is recorded in the field metadata.
-    ``shape``, ``unit``, ``bands`` and ``pixel_scale`` are known after the first ``attach``.
+    ``size``: (H, W) or an int to resample every cutout to; else the majority's shape (see
+    the module docstring). ``pixel_scale`` / ``bands`` override what is recorded in the field
+    metadata. ``shape``, ``unit``, ``bands``, ``pixel_scale`` and ``decision`` (how the shape
+    was chosen) are known once constructed, before any row is read.
     """
 
     def __init__(self, folder: str, *, report: IngestReport, size=None,
@@ -209,8 +213,15 @@ class CutoutAttacher:
         self.shape: tuple[int, int, int] | None = None
         self.unit = self.bands = None
         self.pixel_scale: float | None = None
+        self.decision: dict = {}
         self._used: set[int] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
+        try:
+            self._decide_shape()
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
+        self.report.note("cutout_shape_decision", self.decision)
 
     # -- per file ----------------------------------------------------------------------------
     def _load(self, uri: str | None):
@@ -227,6 +238,29 @@ class CutoutAttacher:
             return decode(data, posixpath.basename(uri))
         except CutoutProblem as p:
             return p
+
+    def _decide_shape(self) -> None:
+        """Fix shape, unit, bands and pixel scale from the majority of a sample of files."""
+        uris = [self.index[k] for k in sorted(self.index)]
+        if len(uris) > SHAPE_SAMPLE:
+            pick = np.linspace(0, len(uris) - 1, SHAPE_SAMPLE).round().astype(int)
+            uris = [uris[i] for i in dict.fromkeys(pick.tolist())]
+        votes: dict[tuple, list] = {}
+        for got in self._pool.map(self._load, uris):
+            if isinstance(got, tuple):
+                arr, unit, _ = got
+                votes.setdefault((arr.shape, unit), []).append(got)
+        if not votes:
+            raise IngestError(self.folder, f"no readable cutout among {len(uris)} sampled "
+                                           f"files")
+        # The most common (shape, unit); ties go to the one seen first in objID order.
+        (shape, unit), group = max(votes.items(), key=lambda kv: len(kv[1]))
+        self._fix_shape(group[0])
+        self.decision = {
+            "shape": list(self.shape), "unit": self.unit,
+            "by": "cutout_size" if self.size is not None else "majority",
+            "sampled_files": len(uris),
+            "votes": {f"{'x'.join(map(str, s))} {u}": len(g) for (s, u), g in votes.items()}}
 
     def _fix_shape(self, first) -> None:
         arr, unit, scale = first
@@ -253,17 +287,6 @@ class CutoutAttacher:
             raise IngestError(self.folder, f"{len(self.bands)} band names {self.bands} for "
                                            f"{c}-channel cutouts")
 
-    def _probe(self) -> None:
-        for k, uri in enumerate(sorted(self.index.values())):
-            if k >= PROBE_FILES:
-                break
-            got = self._load(uri)
-            if isinstance(got, tuple):
-                self._fix_shape(got)
-                return
-        raise IngestError(self.folder, f"no readable cutout among the first "
-                                       f"{min(PROBE_FILES, len(self.index))} files")
-
     def _fit(self, got) -> np.ndarray:
         """The cutout in the dataset's shape and unit, or a CutoutProblem."""
         arr, unit, _ = got
@@ -288,9 +311,6 @@ class CutoutAttacher:
         objids = table.column(ID_COLUMN).to_numpy()
         uris = [self.index.get(int(o)) for o in objids]
         loaded = list(self._pool.map(self._load, uris))
-        if self.shape is None:
-            first = next((g for g in loaded if isinstance(g, tuple)), None)
-            self._fix_shape(first) if first is not None else self._probe()
         n = len(uris)
         out = np.zeros((n, *self.shape), dtype=np.float32)
         flags = table.column(FLAGS_COLUMN).to_numpy().astype(np.int32)

@@ -29,7 +29,7 @@ from raygal.schema import BANDS, TARGETS, get_target, plate_mjd_fiber_objid, syn
 
 from . import textfiles as tf
 from .clean import EXTRA_TYPES, NUMERIC_FIELDS, RawBatch, clean_batch, extra_fields, masked
-from .columns import ColumnMap, lower_index, require, resolve
+from .columns import ColumnMap, check_bands, lower_index, require, resolve
 from .errors import IngestError
 from .fitstables import FitsTable
 from .report import IngestReport
@@ -112,6 +112,13 @@ def _block_size(chunk_rows: int) -> int:
     return int(min(max(chunk_rows * 256, 1 << 16), 1 << 26))
 
 
+def _check_bands(cmap, uri, names, report, allow_missing) -> None:
+    """``columns.check_bands``, recording allowed missing columns in the report."""
+    missing = check_bands(cmap, uri, names, allow_missing)
+    if missing:
+        report.note("missing_columns", {"uri": uri, "fields": missing})
+
+
 def _finish(report: IngestReport, uri: str, fmt: str, rows: int) -> None:
     if rows == 0:
         raise IngestError(uri, "empty catalog (no data rows)")
@@ -119,8 +126,8 @@ def _finish(report: IngestReport, uri: str, fmt: str, rows: int) -> None:
 
 
 def read_skyserver(uri: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                   report: IngestReport | None = None, mags: str = "auto"
-                   ) -> Iterator[pa.Table]:
+                   report: IngestReport | None = None, mags: str = "auto",
+                   allow_missing_columns: bool = False) -> Iterator[pa.Table]:
     """A SkyServer CSV (``objid, ra, dec, u..z, ..., class, redshift, plate, mjd, fiberid``).
 
     objid was exported as a float and is not unique: ids come from (plate, mjd, fiberid).
@@ -131,6 +138,7 @@ def read_skyserver(uri: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
     cmap = resolve(names, uri=uri, mags=mags)
     require(cmap, ("ra", "dec", *MAGS, "class", "z", *PLATE_MJD_FIBER), uri, names,
             "a SkyServer catalog")
+    _check_bands(cmap, uri, names, report, allow_missing_columns)
     report.set_objid_origin("plate_mjd_fiber")
     report.note("mag_type", _mag_note(cmap, "skyserver"))
     extra = extra_fields(["plate", "mjd", "fiberid", "class"])
@@ -158,7 +166,8 @@ def _load_av(av_uri: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_lines(uri: str, av_uri: str | None = None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-               report: IngestReport | None = None, mags: str = "auto") -> Iterator[pa.Table]:
+               report: IngestReport | None = None, mags: str = "auto",
+               allow_missing_columns: bool = False) -> Iterator[pa.Table]:
     """The lines_dn4000 table: ugriz (dered where given, else modelMag) with modelMagErr,
     redshift -> z, F_Halpha/F_Hbeta/F_nii/F_oiii -> flux_* (1e-17 erg/s/cm^2; -999 -> null +
     SENTINEL), Dn4000(obs) -> dn4000, BPT_class/AGN_class extras; A_V (``extinction``) from
@@ -167,6 +176,7 @@ def read_lines(uri: str, av_uri: str | None = None, *, chunk_rows: int = DEFAULT
     names = tf.csv_header(uri)
     cmap = resolve(names, uri=uri, mags=mags)
     require(cmap, (*PLATE_MJD_FIBER, *MAGS, "z"), uri, names, "a lines_dn4000 catalog")
+    _check_bands(cmap, uri, names, report, allow_missing_columns)
     report.set_objid_origin("plate_mjd_fiber")
     report.note("mag_type", _mag_note(cmap, "lines"))
     av = _load_av(av_uri) if av_uri else None
@@ -191,7 +201,8 @@ def read_lines(uri: str, av_uri: str | None = None, *, chunk_rows: int = DEFAULT
 
 
 def read_catalog(uri: str, *, target: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 report: IngestReport | None = None, mags: str = "auto") -> Iterator[pa.Table]:
+                 report: IngestReport | None = None, mags: str = "auto",
+                 allow_missing_columns: bool = False) -> Iterator[pa.Table]:
     """An ``objID,<target>`` CSV (the catalog of an image set; other known columns such as ra,
     dec or magnitudes are mapped too). objID is parsed from the text as int64, never through a
     float; a non-integer objID is an error naming the row. ``target`` names the raygal target
@@ -217,6 +228,7 @@ def read_catalog(uri: str, *, target: str | None = None, chunk_rows: int = DEFAU
         raise IngestError(uri, f"no target or photometry column recognised (targets: "
                                f"{', '.join(TARGETS)}; e.g. oh_p50 -> oh12); columns present: "
                                f"{', '.join(names)}; pass target=<name> for the value column")
+    _check_bands(cmap, uri, names, report, allow_missing_columns)
     report.set_objid_origin("sdss")
     report.note("mag_type", _mag_note(cmap, "catalog"))
     report.note("target_columns", {t: cmap.get(t) for t in TARGETS if t in cmap})
@@ -350,7 +362,7 @@ def _fits_extra(name: str, v) -> pa.Array:
 
 def read_fits(uris: list[str] | str, *, join_on: str | None = None,
               chunk_rows: int = DEFAULT_CHUNK_ROWS, report: IngestReport | None = None,
-              mags: str = "auto") -> Iterator[pa.Table]:
+              mags: str = "auto", allow_missing_columns: bool = False) -> Iterator[pa.Table]:
     """CasJobs FITS tables, joined.
 
     Column names are matched case-insensitively (``objID``, ``dered_r`` / ``modelMag_r``,
@@ -376,6 +388,7 @@ def read_fits(uris: list[str] | str, *, join_on: str | None = None,
                                           for t in tables))
         p = with_phot[0]
         prim, pmap = tables[p], maps[p]
+        _check_bands(pmap, prim.uri, prim.columns, report, allow_missing_columns)
         provided = {f for f in pmap.source}
         secondaries: list[_Secondary] = []
         for i, (t, m) in enumerate(zip(tables, maps)):

@@ -7,10 +7,12 @@ Layout of ``cfg.out``::
 
     ray/<run name>/...   Ray Train's run folder: per-epoch checkpoints (state.pt, meta.json)
     model/               the exported model (best validation epoch): model.json + weights.pt
-    history.json         per-epoch metrics
+    history.json         per-epoch metrics (and the dataset fingerprint the model was made from)
+    _run.json            the dataset (URI and content fingerprint) and model kind of the run
 
 Re-running with the same ``out`` resumes the run from its last checkpoint (a killed driver
-loses at most the epoch in progress); use a new ``out`` for a fresh run.
+loses at most the epoch in progress), on the same dataset content only; use a new ``out`` for
+a fresh run.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from ray.train import UserCallback
 
 from .. import storage
 from ..pipelines import augment, read_dataset, split, stats_for
-from ..shards import read_schema
+from ..shards import fingerprint, read_schema
 from ..inputs import NormStats, parse_inputs
 from ..schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS,
                       cutout_properties, cutout_shape_of)
@@ -192,12 +194,44 @@ def export_checkpoint(checkpoint, out_uri: str) -> dict:
     stats = NormStats.from_dict(meta["stats"])
     model = build_model(meta["config"], stats, meta.get("image_shape"))
     model.load_state_dict(state.get("best_model") or state["model"])
-    model.save(out_uri)
+    # Published in one step: a kill mid-export leaves the previous model whole.
+    with storage.staged_folder(out_uri) as staging:
+        model.save(staging)
     return meta
 
 
+# -- which dataset a run trains on: checked before resuming ------------------------------------
+RUN_RECORD = "_run.json"
+
+
+def claim_run(cfg: TrainConfig, run_name: str = RUN_NAME) -> dict:
+    """Record the dataset (URI and content fingerprint) and model kind of the run in
+    ``cfg.out`` or, when ``cfg.out`` already holds checkpoints of a run, refuse to resume it on
+    other data: they were made from the other content."""
+    record = {"data": cfg.data, "data_fingerprint": fingerprint(cfg.data),
+              "model": cfg.model, "inputs": cfg.inputs}
+    uri = storage.join(cfg.out, RUN_RECORD)
+    old = storage.read_json(uri) if storage.exists(uri) else None
+    resuming = storage.exists(storage.join(cfg.out, "ray", run_name))
+    diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v} if old else {}
+    if old is None or (diff and not resuming):
+        storage.write_json(uri, record)
+        return record
+    if diff:
+        what = ("the dataset changed since the run started" if set(diff) == {"data_fingerprint"}
+                else "it is another run")
+        raise ValueError(f"{cfg.out} holds a training run on {old.get('data')} (content "
+                         f"{old.get('data_fingerprint')}, model {old.get('model')}); resuming it "
+                         f"with {cfg.data} (content {record['data_fingerprint']}) would "
+                         f"continue from checkpoints of other data ({what}: {diff}). Use a new "
+                         f"--out, or delete {cfg.out} to start over")
+    return record
+
+
 def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = None) -> dict:
-    """Train ``cfg`` on the running Ray cluster; export the best model to ``<out>/model``."""
+    """Train ``cfg`` on the running Ray cluster; export the best model to ``<out>/model``.
+    ``fail_at_epoch`` kills a worker once in that epoch (fault-tolerance tests)."""
+    record = claim_run(cfg, run_name)
     trainer = make_trainer(cfg, run_name, fail_at_epoch=fail_at_epoch)
     result = trainer.fit()
     if result.error:
@@ -208,6 +242,7 @@ def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = 
     meta = export_checkpoint(result.checkpoint, model_uri)
     summary = {"model_uri": model_uri, "history": meta["history"],
                "best_val_loss": min(h["val_loss"] for h in meta["history"]),
-               "epochs_run": len(meta["history"]), "config": cfg.to_dict()}
+               "epochs_run": len(meta["history"]), "config": cfg.to_dict(),
+               "data_fingerprint": record["data_fingerprint"]}
     storage.write_json(storage.join(cfg.out, "history.json"), summary)
     return summary

@@ -1,26 +1,34 @@
 """Frozen-VAE features for the NF stage, computed once by a Ray Data batch job.
 
 The NF trains on ``[mu, sigma]`` of the frozen VAE encoder. Recomputing them every epoch would
-run the encoder over every cutout each time; instead this job writes, beside the data, a copy
-of the catalog without cutouts and with a ``vae_features`` column ([2 * latent] float32), and
-the NF trainer reads that.
+run the encoder over every cutout each time; instead this job writes, beside the data (outside
+its folder, so the dataset stays one plain Parquet folder), a copy of the catalog without
+cutouts and with a ``vae_features`` column ([2 * latent] float32), and the NF trainer reads
+that.
 
-    <data>/features/<key>/   a raygal dataset (manifest + shards), key = hash of the VAE
+    <parent>/_features/<dataset name>/<key>/   a raygal dataset, key = hash of the VAE
+
+Its manifest records the content fingerprint of the dataset it was computed from; features of
+an older version of the dataset are recomputed, never used.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import posixpath
 
 import numpy as np
 import pyarrow as pa
 
 from .. import storage
 from ..pipelines import read_dataset
-from ..shards import ShardWriter, read_manifest, read_schema
+from ..shards import ShardWriter, fingerprint, read_manifest, read_schema
 from ..inputs import row_status
 from ..schema import CUTOUT_COLUMN
 
+log = logging.getLogger("raygal.train")
 FEATURES_COLUMN = "vae_features"
+FEATURES_FOLDER = "_features"
 
 
 def vae_key(vae_uri: str) -> str:
@@ -32,7 +40,13 @@ def vae_key(vae_uri: str) -> str:
 
 
 def features_uri(vae_uri: str, data_uri: str) -> str:
-    return storage.join(data_uri, "features", vae_key(vae_uri))
+    """``<parent>/_features/<dataset name>/<VAE key>`` (a dataset at a bucket's root keeps
+    them in its own ``_features``, which Parquet readers skip)."""
+    loc = storage.parse_uri(data_uri)
+    if loc.is_s3 and "/" not in loc.path:
+        return storage.join(loc.uri, FEATURES_FOLDER, vae_key(vae_uri))
+    parent, name = posixpath.split(loc.uri)
+    return storage.join(parent, FEATURES_FOLDER, name, vae_key(vae_uri))
 
 
 class _Encode:
@@ -86,9 +100,12 @@ def extract_features(vae_uri: str, data_uri: str, out_uri: str, batch_size: int 
         _Encode, fn_constructor_args=(vae_uri, None), batch_size=batch_size,
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=num_cpus if not num_gpus else None, num_gpus=num_gpus or None)
-    n_in = read_manifest(data_uri)["num_rows"]
-    with ShardWriter(out_uri, out_schema, objid_origin=read_manifest(data_uri).get(
-            "objid_origin", "sdss"), extra={"vae": vae_uri, "source_dataset": data_uri}) as w:
+    source = read_manifest(data_uri)
+    n_in = source["num_rows"]
+    with ShardWriter(out_uri, out_schema, objid_origin=source.get("objid_origin", "sdss"),
+                     extra={"vae": vae_uri, "vae_key": vae_key(vae_uri),
+                            "source_dataset": data_uri,
+                            "source_fingerprint": fingerprint(data_uri)}) as w:
         for b in ds.iter_batches(batch_size=4096, batch_format="pyarrow"):
             w.write(_fix_features(b, out_schema, latent2))
     m = read_manifest(out_uri)
@@ -110,9 +127,17 @@ def _fix_features(table: pa.Table, schema: pa.Schema, width: int) -> pa.Table:
 
 
 def ensure_features(vae_uri: str, data_uri: str, **kwargs) -> str:
-    """URI of the features dataset for (VAE, data), extracting it first if absent."""
+    """URI of the features dataset for (VAE, data), extracting it first if absent or if it
+    was computed from another version of the dataset's content."""
     out = features_uri(vae_uri, data_uri)
-    if storage.exists(storage.join(out, "manifest.json")):
-        return out
+    try:
+        made_from = read_manifest(out).get("extra", {}).get("source_fingerprint")
+    except FileNotFoundError:
+        made_from = None
+    else:
+        if made_from == fingerprint(data_uri):
+            return out
+        log.warning("%s: features of another version of %s (content %s, now %s); "
+                    "recomputing", out, data_uri, made_from, fingerprint(data_uri))
     extract_features(vae_uri, data_uri, out, **kwargs)
     return out
