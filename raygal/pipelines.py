@@ -114,18 +114,14 @@ def split(ds, fractions=DEFAULT_FRACTIONS) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 class _PartialStats:
-    """map_batches callable: one batch -> one row of partial sums (small, numeric)."""
+    """map_batches callable: one batch -> one row holding its ``StatsAccumulator.state``."""
 
     def __init__(self, targets, channels):
         self.targets, self.channels = tuple(targets), channels
 
     def __call__(self, batch):
-        acc = StatsAccumulator(self.targets).update(batch)
-        c = acc.c if acc.c is not None else np.zeros((2, self.channels))
-        return {"n": np.array([acc.n], np.int64),
-                "p": acc.p.reshape(1, -1),
-                "t": np.stack([acc.t[k] for k in self.targets]).reshape(1, -1),
-                "c": c.reshape(1, -1)}
+        state = StatsAccumulator(self.targets).update(batch).state(self.channels)
+        return {k: np.asarray(v)[None] for k, v in state.items()}
 
 
 def compute_stats(ds, targets=tuple(TARGETS), batch_size: int = 1024) -> NormStats:
@@ -140,19 +136,9 @@ def compute_stats(ds, targets=tuple(TARGETS), batch_size: int = 1024) -> NormSta
     partial = ds.map_batches(_PartialStats(targets, channels), batch_format="numpy",
                              batch_size=batch_size)
     total = StatsAccumulator(targets)
-    have_c = False
     for b in partial.iter_batches(batch_size=256, batch_format="numpy"):
-        total.n += int(b["n"].sum())
-        total.p += b["p"].sum(0).reshape(total.p.shape)
-        t = b["t"].sum(0).reshape(len(total.targets), 3)
-        for j, k in enumerate(total.targets):
-            total.t[k] += t[j]
-        if channels:
-            c = b["c"].sum(0).reshape(2, channels)
-            total.c = c if total.c is None else total.c + c
-            have_c = True
-    if not have_c:
-        total.c = None
+        for i in range(len(b["n"])):
+            total.merge_state({k: v[i] for k, v in b.items()})
     if total.n == 0:
         raise ValueError("cannot compute normalisation statistics of an empty dataset")
     return total.finalize()
