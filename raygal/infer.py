@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .shards import read_manifest, read_schema, shard_uris
 from .models.posterior import read_model_description
-from .schema import CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, cutout_shape_of, get_target
+from .schema import CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, cutout_shape_of
 
 log = logging.getLogger("raygal.infer")
 SETTINGS_FILE = "infer.json"
@@ -270,49 +270,10 @@ def catalog_shards(uri: str) -> list[str]:
     return storage.listdir(uri, ".parquet")
 
 
-def export_fits(catalog_uri: str, out_uri: str) -> list[str]:
-    """Write each catalog shard as a FITS binary table with units (astropy), streaming one
-    shard at a time; returns the FITS URIs."""
-    import io
+def __getattr__(name):
+    # export_fits lives in raygal.export (units and FITS); kept importable from here.
+    if name == "export_fits":
+        from .export import export_fits
 
-    from astropy.io import fits
-    from astropy.table import Table
-
-    settings = storage.read_json(storage.join(catalog_uri, SETTINGS_FILE))
-    outs = []
-    for s in catalog_shards(catalog_uri):
-        fs, path = storage.arrow_fs(s)
-        t = pq.read_table(path, filesystem=fs)
-        cols = {}
-        for name in t.column_names:
-            col = t.column(name)
-            if name == "samples":
-                cols[name] = col.combine_chunks().to_numpy_ndarray()
-            else:
-                cols[name] = col.to_numpy(zero_copy_only=False)
-                if name == "status":
-                    cols[name] = cols[name].astype("U16")
-        hdu = fits.table_to_hdu(Table(cols))
-        for i, name in enumerate(hdu.columns.names, start=1):
-            unit = _column_unit(name, settings["targets"])
-            if unit:
-                # raygal's unit strings (e.g. 'dex(Msun)'), which astropy cannot write as
-                # standard FITS units; FITS allows free text in TUNITn.
-                hdu.header[f"TUNIT{i}"] = unit
-        hdu.header["MODEL"] = settings["model"][-68:]
-        hdu.header["NSAMPLES"] = settings["samples"]
-        hdu.header["COMMENT"] = "raygal posterior catalog: one row per input galaxy"
-        buf = io.BytesIO()
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
-        ouri = storage.join(out_uri, os.path.basename(s).replace(".parquet", ".fits"))
-        storage.write_bytes(ouri, buf.getvalue())
-        outs.append(ouri)
-    return outs
-
-
-def _column_unit(column: str, targets) -> str | None:
-    for t in targets:
-        if column.startswith(t + "_") and column != f"{t}_detect_prob":
-            unit = get_target(t).unit
-            return unit.replace("1e-17 erg/s/cm^2", "10**-17 erg s-1 cm-2") or None
-    return None
+        return export_fits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

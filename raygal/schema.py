@@ -162,7 +162,9 @@ def _expm1(x):
     return np.expm1(x)
 
 
-LINE_FLUX_UNIT = "1e-17 erg/s/cm^2"
+#: Unit strings are astropy's (``astropy.units.Unit(s)`` parses each without a warning);
+#: "" is dimensionless. raygal.export turns them into FITS and Parquet units.
+LINE_FLUX_UNIT = "1e-17 erg / (s cm2)"
 
 TARGETS: dict[str, Target] = {
     t.name: t
