@@ -273,7 +273,7 @@ def test_readme_yaml_runs_raygal_tune_and_infer_takes_the_folder(ray_local, phot
     assert not storage.exists(storage.join(best, cli.MODEL_FILE))
     post = str(tmp_path / "post")
     rc = main(["infer", "--model", best, "--data", phot_data, "--out", post,
-               "--samples", "20", "--batch-size", "100"])
+               "--samples", "20", "--batch-size", "100", "--actors", "1"])
     out = capsys.readouterr().out
     assert rc == 0, out
     from raygal.infer import catalog_shards

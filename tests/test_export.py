@@ -174,3 +174,13 @@ def test_every_schema_unit_parses_in_astropy():
             md = f.metadata or {}
             if b"unit" in md and f.name != "cutout":
                 u.Unit(md[b"unit"].decode())
+
+
+def test_raygal_export_command(tmp_path, capsys):
+    from raygal.cli import main
+
+    cat = str(tmp_path / "cat")
+    _write_catalog(cat, _catalog_table(np.random.default_rng(4)))
+    assert main(["export", cat, "--out", str(tmp_path / "fits")]) == 0
+    assert "2 FITS file(s)" in capsys.readouterr().out
+    assert _read_back(tmp_path / "fits" / "part-00001.fits")["ra"].unit == u.deg
