@@ -130,6 +130,7 @@ def _train_config(args):
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, seed=args.seed, max_rows=args.max_rows,
         model_config=_parse_sets(args.set) or None)
+    cfg.check_trainable()
     if cfg.vae and cfg.model == "nf" and cfg.inputs == "image+phot":
         cfg.vae = _model_arg(cfg.vae, "--vae", kinds=("vae",))
     return cfg

@@ -27,8 +27,9 @@ A config file (YAML) holds any of these keys; every command-line option override
 
 Defaults follow the papers: VAE Adam 1e-4; CFM AdamW 5e-5, batch 64, early stopping.
 
-Every value is checked here, before Ray starts: a wrong option, type, split or a missing VAE
-is an error that names the option and says what to give instead.
+Every value is checked here, before Ray starts: a wrong option, type or split is an error that
+names the option and says what to give instead; ``TrainConfig.check_trainable`` adds what a
+run needs beyond valid values (an image NF's VAE).
 """
 from __future__ import annotations
 
@@ -96,11 +97,15 @@ class TrainConfig:
         if self.workers < 1 or self.epochs < 1:
             raise ValueError("workers and epochs must be >= 1")
         _check_split(self.split)
+
+    def check_trainable(self) -> None:
+        """Raise a ValueError saying what is missing if this config cannot start training
+        (checked before Ray starts; a config may lack a VAE while it is being assembled)."""
         if self.model == "nf" and self.inputs == "image+phot" and not self.vae:
             raise ValueError(
                 "an image+phot NF works on the features of a trained VAE, and no VAE was "
                 "given: train one first (raygal train vae --data DATA --out runs/vae), then "
-                "pass it with --vae runs/vae/model (or 'vae:' in the config file); or train a "
+                "pass it with --vae runs/vae (or 'vae:' in the config file); or train a "
                 "photometry-only NF with --inputs phot")
 
     def to_dict(self) -> dict:
