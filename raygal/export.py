@@ -173,12 +173,24 @@ def catalog_targets(column_names, settings: dict | None = None) -> list[str]:
 # FITS
 # ----------------------------------------------------------------------------------------------
 
+#: The settings file ``raygal infer`` writes beside a catalog's shards (model, samples,
+#: solver, targets), by its current name and its earlier one. Read here by name, not through
+#: raygal.infer, so that the catalog writer can use this module without an import cycle.
+SETTINGS_FILES = ("_infer.json", "infer.json")
+
+
 def _catalog_settings(catalog_uri: str) -> dict:
     """The catalog's inference settings (model, samples, targets), or {} if it has none."""
-    from .infer import SETTINGS_FILE
+    for name in SETTINGS_FILES:
+        uri = storage.join(catalog_uri, name)
+        if storage.exists(uri):
+            return storage.read_json(uri)
+    return {}
 
-    uri = storage.join(catalog_uri, SETTINGS_FILE)
-    return storage.read_json(uri) if storage.exists(uri) else {}
+
+def catalog_shards(catalog_uri: str) -> list[str]:
+    """The URIs of a catalog's Parquet shards (its sidecar files are not Parquet)."""
+    return storage.listdir(catalog_uri, ".parquet")
 
 
 def shard_qtable(table: pa.Table, targets):
@@ -229,8 +241,6 @@ def export_fits(catalog_uri: str, out_uri: str) -> list[str]:
     """Write each catalog shard as a FITS binary table with units (astropy), streaming one
     shard at a time, under the shard's name with ``.fits``; returns the FITS URIs."""
     import pyarrow.parquet as pq
-
-    from .infer import catalog_shards
 
     settings = _catalog_settings(catalog_uri)
     shards = catalog_shards(catalog_uri)

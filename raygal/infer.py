@@ -268,12 +268,3 @@ def _finish(out_uri, shards, rows_of, settings, elapsed, done_rows, skipped, wri
 def catalog_shards(uri: str) -> list[str]:
     """The posterior catalog's shard URIs."""
     return storage.listdir(uri, ".parquet")
-
-
-def __getattr__(name):
-    # export_fits lives in raygal.export (units and FITS); kept importable from here.
-    if name == "export_fits":
-        from .export import export_fits
-
-        return export_fits
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

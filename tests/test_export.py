@@ -15,8 +15,8 @@ from astropy.io import fits
 from astropy.table import QTable, Table
 
 from raygal import storage
-from raygal.export import (annotate_schema, catalog_field_metadata, column_unit,
-                           export_fits)
+from raygal.export import (SETTINGS_FILES, annotate_schema, catalog_field_metadata,
+                           column_unit, export_fits)
 from raygal.infer import SETTINGS_FILE
 from raygal.schema import TARGETS, galaxy_schema
 
@@ -42,9 +42,10 @@ def _catalog_table(rng) -> pa.Table:
     return pa.table(cols)
 
 
-def _write_catalog(uri: str, table: pa.Table, shards: int = 2) -> None:
+def _write_catalog(uri: str, table: pa.Table, shards: int = 2,
+                   settings_file: str = SETTINGS_FILE) -> None:
     storage.makedirs(uri)
-    storage.write_json(storage.join(uri, SETTINGS_FILE),
+    storage.write_json(storage.join(uri, settings_file),
                        {"model": "runs/cfm/model", "samples": 4, "solver": "rk4-10",
                         "targets": TARGETS_USED})
     per = -(-table.num_rows // shards)
@@ -99,9 +100,11 @@ def test_fits_round_trips_units_without_warnings(tmp_path):
     np.testing.assert_allclose(m.physical.to(u.Msun).value, 10.0 ** m.value, rtol=1e-5)
 
 
-def test_fits_header_documents_units_for_other_readers(tmp_path):
+@pytest.mark.parametrize("settings_file", SETTINGS_FILES)
+def test_fits_header_documents_units_for_other_readers(tmp_path, settings_file):
     cat = str(tmp_path / "cat")
-    _write_catalog(cat, _catalog_table(np.random.default_rng(1)), shards=1)
+    _write_catalog(cat, _catalog_table(np.random.default_rng(1)), shards=1,
+                   settings_file=settings_file)
     (path,) = export_fits(cat, str(tmp_path / "fits"))
     with fits.open(path) as h:
         hdr = h[1].header

@@ -19,7 +19,8 @@ import torch
 from raygal import storage
 from raygal.shards import ShardWriter, read_table
 from raygal.inputs import StatsAccumulator
-from raygal.infer import catalog_shards, export_fits, infer
+from raygal.export import export_fits
+from raygal.infer import catalog_shards, infer
 from raygal.models.baseline import GaussianPosterior
 from raygal.schema import Flag
 
