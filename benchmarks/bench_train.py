@@ -28,9 +28,10 @@ processes, on the otherwise idle second core, while (a) reads on its only thread
 
 A breakdown (skip with ``--no-breakdown``) times the parts separately in this process: the
 training loop on one batch already in memory, repeated (compute only, 1 thread), the plain
-data path alone, and the Ray Data path of the trainer alone (same pipeline and ``iter_batches``
-arguments as the training loop; its second pass, or its only pass with ``--quick``), with the
-wait for its first batch, to tell a data-path bottleneck from compute.
+data path alone, and the Ray Data path of the trainer alone (the training dataset
+``raygal.train.driver.make_trainer`` builds, iterated in batches of the loop's size; its second
+pass, or its only pass with ``--quick``), with the wait for its first batch, to tell a
+data-path bottleneck from compute.
 
     python benchmarks/bench_train.py                  # cfm image+phot, 4096 rows, 3 epochs
     python benchmarks/bench_train.py --quick          # gaussian phot, 256 rows, 2 epochs:
@@ -161,22 +162,63 @@ def plain_batches(uri: str, cfg, columns: list[str], needs_image: bool,
 
 
 class TimedShard:
-    """What ``ray.train.get_dataset_shard`` hands the training loop, without Ray Data: its
-    ``iter_batches`` yields the batches of ``make_batches(batch_size, seed)`` and records, per
-    pass, (rows, seconds from the first request to the loop asking past the last batch), the
-    span the loop's own ``epoch_time_s`` covers."""
+    """What ``ray.train.get_dataset_shard`` hands the training loop, without Ray Data.
 
-    def __init__(self, make_batches):
-        self.make_batches = make_batches
+    ``make_batches(batch_size, seed)`` yields raw numpy batches (dataset columns). A loop that
+    iterates ``iter_batches`` gets them as they are (it prepares and augments them itself); a
+    loop that iterates ``iter_torch_batches`` gets them as the trainer's pipeline hands them
+    over: through ``prepare`` (the model's inputs adapter and augmentation), as tensors.
+    Each pass records (rows, seconds from the first request to the loop asking past the last
+    batch): the span the loop's own ``epoch_time_s`` covers."""
+
+    def __init__(self, make_batches, prepare=None):
+        self.make_batches, self.prepare = make_batches, prepare
         self.passes: list[tuple[int, float]] = []
 
-    def iter_batches(self, batch_size, batch_format="numpy", local_shuffle_seed=None, **_):
+    def _timed(self, batch_size, seed, convert):
         t0 = time.perf_counter()
         n = 0
-        for b in self.make_batches(batch_size, local_shuffle_seed):
+        for b in self.make_batches(batch_size, seed):
             n += len(b["objid"])
-            yield b
+            yield convert(b)
         self.passes.append((n, time.perf_counter() - t0))
+
+    def iter_batches(self, batch_size, batch_format="numpy", local_shuffle_seed=None, **_):
+        return self._timed(batch_size, local_shuffle_seed, lambda b: b)
+
+    def iter_torch_batches(self, batch_size, device=None, local_shuffle_seed=None, **_):
+        import torch
+
+        def convert(b):
+            return {k: torch.as_tensor(v, device=device) for k, v in self.prepare(b).items()}
+
+        return self._timed(batch_size, local_shuffle_seed, convert)
+
+
+def pipeline_preparation(cfg, train: bool):
+    """Raw batch -> the model's inputs as the trainer's Ray Data pipeline prepares them (for a
+    loop that takes prepared batches): the model's inputs adapter, then, for training, a
+    random symmetry of each image. Built on first use."""
+    from raygal.pipelines import random_dihedral, stats_for
+    from raygal.shards import read_schema
+    from raygal.schema import cutout_shape_of
+    from raygal.train.loop import build_model
+
+    state: dict = {}
+    augment = train and cfg.augment and cfg.inputs != "phot"
+
+    def prepare(batch):
+        if "inputs" not in state:
+            model = build_model(cfg.to_dict(), stats_for(cfg.data),
+                                cutout_shape_of(read_schema(cfg.data)))
+            state["inputs"] = model.model_inputs
+            state["rng"] = np.random.default_rng(cfg.seed)
+        out = dict(state["inputs"](batch))
+        if augment and "image" in out:
+            out["image"] = np.ascontiguousarray(random_dihedral(out["image"], state["rng"]))
+        return out
+
+    return prepare
 
 
 def run_local(cfg, train: TimedShard, val: TimedShard, threads: int = 1) -> dict:
@@ -216,7 +258,7 @@ def _split_columns(uri: str, cfg) -> tuple[list[str], bool]:
     from raygal.train.driver import training_columns
 
     columns = training_columns(cfg, read_schema(uri).names)
-    return columns, cfg.inputs == "image+phot" and CUTOUT_COLUMN in columns
+    return columns, cfg.inputs != "phot" and CUTOUT_COLUMN in columns
 
 
 def run_plain(uri: str, cfg, threads: int = 1) -> dict:
@@ -225,7 +267,8 @@ def run_plain(uri: str, cfg, threads: int = 1) -> dict:
 
     def shard(split_name):
         return TimedShard(lambda bs, seed: plain_batches(
-            uri, cfg, columns, needs_image, np.random.default_rng(seed), split_name, bs))
+            uri, cfg, columns, needs_image, np.random.default_rng(seed), split_name, bs),
+            pipeline_preparation(cfg, train=split_name == "train"))
 
     return run_local(cfg, shard("train"), shard("val"), threads)
 
@@ -249,7 +292,7 @@ def run_ray(cfg) -> dict:
 def breakdown(uri: str, cfg, steps: int = 6, threads: int = 1, passes: int = 2) -> dict:
     import dataclasses
 
-    from raygal.pipelines import random_dihedral, read_dataset, split
+    from raygal.pipelines import random_dihedral
     from raygal.schema import CUTOUT_COLUMN
     from raygal.train import driver
 
@@ -271,33 +314,38 @@ def breakdown(uri: str, cfg, steps: int = 6, threads: int = 1, passes: int = 2) 
     out["plain_data_rows_per_s"] = n / (time.perf_counter() - t0)
 
     # 2. compute only: the training loop on one in-memory batch, ``steps`` times per epoch
-    #    (the second epoch's rate: the first warms up)
+    #    (the second epoch's rate: the first warms up); prepared once where the loop takes
+    #    prepared batches
+    prepare = pipeline_preparation(cfg, train=False)
+    prepared: dict = {}
+
+    def prepare_once(batch):
+        if "batch" not in prepared:
+            prepared["batch"] = prepare(batch)
+        return prepared["batch"]
+
     def repeat(batch_size, seed):
         for _ in range(steps):
-            yield {k: v.copy() for k, v in first.items()}
+            yield dict(first)
 
     cfg2 = dataclasses.replace(cfg, epochs=2, patience=3, out=cfg.out + "-compute")
-    r = run_local(cfg2, TimedShard(repeat), TimedShard(lambda bs, seed: iter([first])),
-                  threads)
+    r = run_local(cfg2, TimedShard(repeat, prepare_once),
+                  TimedShard(lambda bs, seed: iter([dict(first)]), prepare_once), threads)
     out["compute_rows_per_s"] = r["history"][-1]["samples_per_s"]
     out["compute_step_s"] = len(first["objid"]) / out["compute_rows_per_s"]
 
-    # 3. the trainer's Ray Data pipeline, iterated here with the loop's iter_batches arguments
-    ds = read_dataset(uri, columns=columns).map_batches(driver._UsableRows(needs_image),
-                                                        batch_format="numpy")
-    train_ds = split(ds, cfg.split)["train"]
+    # 3. the trainer's own Ray Data pipeline (what make_trainer hands the workers), iterated
+    #    here as numpy batches of the loop's batch size
+    train_ds = driver.make_trainer(cfg).datasets["train"]
     rates, first_batch = [], []
     for epoch in range(passes):  # the first pass warms Ray Data's workers up
         t0 = time.perf_counter()
         n, t_first = 0, None
-        rng = np.random.default_rng([cfg.seed, epoch, 0])
         for b in train_ds.iter_batches(batch_size=bs, batch_format="numpy",
                                        local_shuffle_buffer_size=min(4 * bs, 4096),
                                        local_shuffle_seed=cfg.seed * 1000 + epoch):
             if t_first is None:
                 t_first = time.perf_counter() - t0
-            if augment and CUTOUT_COLUMN in b:
-                b[CUTOUT_COLUMN] = random_dihedral(b[CUTOUT_COLUMN], rng)
             n += len(b["objid"])
         rates.append(n / (time.perf_counter() - t0))
         first_batch.append(t_first or 0.0)

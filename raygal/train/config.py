@@ -83,11 +83,12 @@ class TrainConfig:
         if self.model not in MODEL_KINDS:
             raise ValueError(f"model must be one of {MODEL_KINDS}, not {self.model!r}")
         d = MODEL_DEFAULTS[self.model]
-        self.lr = self.lr if self.lr is not None else d["lr"]
-        self.optimizer = self.optimizer or d["optimizer"]
-        self.batch_size = self.batch_size or d["batch_size"]
-        self.targets = parse_targets(self.targets or d["targets"])
         _coerce_types(self)
+        self.lr = float(self.lr if self.lr is not None else d["lr"])
+        self.optimizer = self.optimizer or d["optimizer"]
+        self.batch_size = int(self.batch_size or d["batch_size"])
+        self.targets = parse_targets(self.targets or d["targets"])
+        self.split = tuple(float(x) for x in self.split)
         if self.inputs not in ("image+phot", "phot"):
             raise ValueError(f"inputs must be 'image+phot' or 'phot', not {self.inputs!r}")
         if self.model == "vae" and self.inputs != "image+phot":
@@ -101,9 +102,9 @@ class TrainConfig:
     def check_trainable(self) -> None:
         """Raise a ValueError saying what is missing if this config cannot start training
         (checked before Ray starts; a config may lack a VAE while it is being assembled)."""
-        if self.model == "nf" and self.inputs == "image+phot" and not self.vae:
+        if self.model == "nf" and self.inputs != "phot" and not self.vae:
             raise ValueError(
-                "an image+phot NF works on the features of a trained VAE, and no VAE was "
+                "an NF on images works on the features of a trained VAE, and no VAE was "
                 "given: train one first (raygal train vae --data DATA --out runs/vae), then "
                 "pass it with --vae runs/vae (or 'vae:' in the config file); or train a "
                 "photometry-only NF with --inputs phot")
@@ -126,8 +127,9 @@ class TrainConfig:
 
 
 #: Options whose values must be whole numbers / numbers, named in errors as given.
-INT_OPTIONS = ("epochs", "batch_size", "patience", "workers", "max_failures", "seed")
-FLOAT_OPTIONS = ("lr", "weight_decay", "gpus_per_worker")
+INT_OPTIONS = ("epochs", "batch_size", "patience", "workers", "max_failures", "seed",
+               "max_rows")
+FLOAT_OPTIONS = ("lr", "weight_decay", "gpus_per_worker", "cpus_per_worker")
 #: Keys of a config file that belong to one command and are not training options.
 COMMAND_KEYS = {"search_space": "raygal tune"}
 
@@ -143,19 +145,15 @@ def _coerce_types(cfg: TrainConfig) -> None:
             kind = "a whole number" if fn is int else "a number"
             raise ValueError(f"training option {name} must be {kind}, not {value!r}") from None
 
-    for name in INT_OPTIONS:
-        setattr(cfg, name, convert(name, int, getattr(cfg, name)))
-    for name in FLOAT_OPTIONS:
-        setattr(cfg, name, convert(name, float, getattr(cfg, name)))
-    for name in ("max_rows", "cpus_per_worker", "fail_at_epoch"):
-        value = getattr(cfg, name)
-        if value is not None:
-            setattr(cfg, name, convert(name, int if name != "cpus_per_worker" else float,
-                                       value))
+    for names, fn in ((INT_OPTIONS, int), (FLOAT_OPTIONS, float)):
+        for name in names:
+            value = getattr(cfg, name)
+            if value is not None:          # None: the model's default (lr, batch_size, ...)
+                setattr(cfg, name, convert(name, fn, value))
     if isinstance(cfg.split, (str, bytes)) or not hasattr(cfg.split, "__iter__"):
         raise ValueError(f"split must be a list of three fractions, e.g. [0.8, 0.1, 0.1], "
                          f"not {cfg.split!r}")
-    cfg.split = tuple(convert("split", float, x) for x in cfg.split)
+    cfg.split = [convert("split", float, x) for x in cfg.split]
     if not isinstance(cfg.model_config, dict):
         raise ValueError(f"model_config must be a mapping, e.g. {{coupling_layers: 8}}, not "
                          f"{cfg.model_config!r}")
