@@ -3,19 +3,19 @@
 Writes a mock survey (64x64 gri cutouts) to a local scratch folder, computes its normalisation
 statistics once, then trains the same model on the same rows three ways:
 
-  (a) plain    - one process, no Ray: each Parquet shard read with pyarrow into numpy, the
-                 same row filters (usable rows, the 'train' split by objid hash), shuffled
-                 within the shard, cut into batches of ``--batch-size``, augmented with the
-                 same random dihedral symmetries, and ``model(batch)["loss"].backward();
-                 clip_grad_norm_(10); opt.step()`` on the model of
-                 ``raygal.train.loop.build_model`` and optimiser of ``make_optimizer``;
+  (a) plain    - one process, no Ray workers and no Ray Data: the real training loop
+                 (``raygal.train.loop.train_loop_per_worker``) run by Ray Train's local mode
+                 (``ScalingConfig(num_workers=0)``: the function runs in this process) on
+                 shards read here with pyarrow: each Parquet shard into numpy, the same row
+                 filters (usable rows, the split by objid hash), shuffled within the shard,
+                 cut into batches of ``--batch-size``;
   (b) ray x1   - ``raygal.train.driver.fit`` with 1 worker;
   (c) ray x2   - the same with 2 workers (DDP, gloo).
 
 Throughput is rows / training time of an epoch (``samples_per_s`` of the training loop's
-per-epoch history; the plain loop times the same span: from asking for the first batch to
-the last optimiser step, validation and checkpointing excluded), averaged over the epochs
-after the first (warm-up). The Ray Train figures therefore include each epoch's Ray Data
+per-epoch history; in (a) the pyarrow shard times the same span: from the loop asking for
+its first batch to its last optimiser step, validation and checkpointing excluded), averaged
+over the epochs after the first (warm-up). The Ray Train figures therefore include each epoch's Ray Data
 start-up (the loop's clock starts before ``iter_batches``), as a user's epoch does. Prints the Ray Train overhead against the plain loop
 (1 - b/a, goal < 15 %) and the 2-worker speed-up (c/b, goal >= 1.6x on 2 cores).
 
@@ -26,11 +26,12 @@ for which the training loop sets ``max(1, int(cpus))`` = 1 thread. So (a) and (b
 core each and (c) on two. Note that in (b) Ray Data's read/filter tasks run in other
 processes, on the otherwise idle second core, while (a) reads on its only thread.
 
-A breakdown (skip with ``--no-breakdown``) times the parts separately in this process: one
-step of the model on a batch already in memory (compute only, 1 thread), the plain data path
-alone, and the Ray Data path of the trainer alone (same pipeline and ``iter_batches``
-arguments as the training loop; its second pass, or its only pass with ``--quick``), with the
-wait for its first batch, to tell a data-path bottleneck from compute.
+A breakdown (skip with ``--no-breakdown``) times the parts separately in this process: the
+training loop on one batch already in memory, repeated (compute only, 1 thread), the plain
+data path alone, and the Ray Data path of the trainer alone (the training dataset
+``raygal.train.driver.make_trainer`` builds, iterated in batches of the loop's size; its second
+pass, or its only pass with ``--quick``), with the wait for its first batch, to tell a
+data-path bottleneck from compute.
 
     python benchmarks/bench_train.py                  # cfm image+phot, 4096 rows, 3 epochs
     python benchmarks/bench_train.py --quick          # gaussian phot, 256 rows, 2 epochs:
@@ -128,9 +129,10 @@ class _Threads:
 # ----------------------------------------------------------------------------------------------
 
 def plain_batches(uri: str, cfg, columns: list[str], needs_image: bool,
-                  rng: np.random.Generator):
-    """Numpy batches of the 'train' split's usable rows, shard by shard: what a hand-written
-    loop would do (the same filters as the trainer's Ray Data pipeline)."""
+                  rng: np.random.Generator, split_name: str = "train",
+                  batch_size: int | None = None):
+    """Numpy batches of a split's usable rows, shard by shard: what a hand-written loop would
+    do (the same filters as the trainer's Ray Data pipeline)."""
     import pyarrow.parquet as pq
 
     from raygal import storage
@@ -139,13 +141,13 @@ def plain_batches(uri: str, cfg, columns: list[str], needs_image: bool,
     from raygal.inputs import STATUS_OK, as_numpy_batch, row_status
     from raygal.schema import ID_COLUMN
 
-    bs = cfg.batch_size
+    bs = batch_size or cfg.batch_size
     carry: dict | None = None
     for s in shard_uris(uri):
         fs, path = storage.arrow_fs(s)
         b = as_numpy_batch(pq.read_table(path, filesystem=fs, columns=columns))
         keep = (row_status(b, needs_image) == STATUS_OK) & \
-            (split_of(b[ID_COLUMN], cfg.split) == "train")
+            (split_of(b[ID_COLUMN], cfg.split) == split_name)
         perm = rng.permutation(np.flatnonzero(keep))          # shuffle within the shard
         b = {k: v[perm] for k, v in b.items()}
         if carry is not None:
@@ -159,50 +161,116 @@ def plain_batches(uri: str, cfg, columns: list[str], needs_image: bool,
         yield carry
 
 
-def run_plain(uri: str, cfg, threads: int = 1) -> dict:
-    """Train ``cfg`` for cfg.epochs without Ray; per-epoch history like the training loop's."""
-    import torch
+class TimedShard:
+    """What ``ray.train.get_dataset_shard`` hands the training loop, without Ray Data.
 
+    ``make_batches(batch_size, seed)`` yields raw numpy batches (dataset columns). A loop that
+    iterates ``iter_batches`` gets them as they are (it prepares and augments them itself); a
+    loop that iterates ``iter_torch_batches`` gets them as the trainer's pipeline hands them
+    over: through ``prepare`` (the model's inputs adapter and augmentation), as tensors.
+    Each pass records (rows, seconds from the first request to the loop asking past the last
+    batch): the span the loop's own ``epoch_time_s`` covers."""
+
+    def __init__(self, make_batches, prepare=None):
+        self.make_batches, self.prepare = make_batches, prepare
+        self.passes: list[tuple[int, float]] = []
+
+    def _timed(self, batch_size, seed, convert):
+        t0 = time.perf_counter()
+        n = 0
+        for b in self.make_batches(batch_size, seed):
+            n += len(b["objid"])
+            yield convert(b)
+        self.passes.append((n, time.perf_counter() - t0))
+
+    def iter_batches(self, batch_size, batch_format="numpy", local_shuffle_seed=None, **_):
+        return self._timed(batch_size, local_shuffle_seed, lambda b: b)
+
+    def iter_torch_batches(self, batch_size, device=None, local_shuffle_seed=None, **_):
+        import torch
+
+        def convert(b):
+            return {k: torch.as_tensor(v, device=device) for k, v in self.prepare(b).items()}
+
+        return self._timed(batch_size, local_shuffle_seed, convert)
+
+
+def pipeline_preparation(cfg, train: bool):
+    """Raw batch -> the model's inputs as the trainer's Ray Data pipeline prepares them (for a
+    loop that takes prepared batches): the model's inputs adapter, then, for training, a
+    random symmetry of each image. Built on first use."""
     from raygal.pipelines import random_dihedral, stats_for
     from raygal.shards import read_schema
-    from raygal.schema import CUTOUT_COLUMN, cutout_shape_of
-    from raygal.train.driver import training_columns
-    from raygal.train.loop import build_model, make_optimizer
+    from raygal.schema import cutout_shape_of
+    from raygal.train.loop import build_model
 
-    schema = read_schema(uri)
-    stats = stats_for(uri)
-    image_shape = cutout_shape_of(schema)
-    columns = training_columns(cfg, schema.names)
-    needs_image = cfg.inputs == "image+phot" and CUTOUT_COLUMN in columns
-    d = cfg.to_dict()
-    augment = cfg.augment and cfg.inputs == "image+phot"
-    history = []
-    t_start = time.perf_counter()
+    state: dict = {}
+    augment = train and cfg.augment and cfg.inputs != "phot"
+
+    def prepare(batch):
+        if "inputs" not in state:
+            model = build_model(cfg.to_dict(), stats_for(cfg.data),
+                                cutout_shape_of(read_schema(cfg.data)))
+            state["inputs"] = model.model_inputs
+            state["rng"] = np.random.default_rng(cfg.seed)
+        out = dict(state["inputs"](batch))
+        if augment and "image" in out:
+            out["image"] = np.ascontiguousarray(random_dihedral(out["image"], state["rng"]))
+        return out
+
+    return prepare
+
+
+def run_local(cfg, train: TimedShard, val: TimedShard, threads: int = 1) -> dict:
+    """Run ``raygal.train.loop.train_loop_per_worker`` for ``cfg`` in this process (Ray
+    Train's local mode: no workers, no Ray Data) on the given shards; per-epoch history of
+    the training shard's passes (rows, epoch_time_s, samples_per_s)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raygal.pipelines import stats_for
+    from raygal.shards import read_schema
+    from raygal.schema import cutout_shape_of
+    from raygal.train.loop import train_loop_per_worker
+
+    image_shape = cutout_shape_of(read_schema(cfg.data))
+    # The loop's configuration, as raygal.train.driver.make_trainer builds it.
+    loop_config = {"cfg": cfg.to_dict(), "stats": stats_for(cfg.data).to_dict(),
+                   "image_shape": list(image_shape) if image_shape else None,
+                   "torch_threads": threads, "run_id": "bench"}
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                           scaling_config=ray.train.ScalingConfig(num_workers=0),
+                           run_config=ray.train.RunConfig(name="plain",
+                                                          storage_path=cfg.out),
+                           datasets={"train": train, "val": val})
+    t0 = time.perf_counter()
     with _Threads(threads):
-        torch.manual_seed(cfg.seed)
-        model = build_model(d, stats, list(image_shape) if image_shape else None)
-        opt = make_optimizer(d, [p for p in model.parameters() if p.requires_grad])
-        for epoch in range(cfg.epochs):
-            t0 = time.perf_counter()
-            model.train()
-            rng = np.random.default_rng([cfg.seed, epoch, 0])
-            tot, n_rows = 0.0, 0
-            for batch in plain_batches(uri, cfg, columns, needs_image, rng):
-                if augment and CUTOUT_COLUMN in batch:
-                    batch[CUTOUT_COLUMN] = random_dihedral(batch[CUTOUT_COLUMN], rng)
-                out = model(batch)
-                opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                opt.step()
-                n = len(batch["objid"])
-                tot += float(out["loss"].detach()) * n
-                n_rows += n
-            t_train = time.perf_counter() - t0
-            history.append({"epoch": epoch, "train_loss": tot / max(n_rows, 1),
-                            "train_rows": n_rows, "epoch_time_s": t_train,
-                            "samples_per_s": n_rows / max(t_train, 1e-9)})
-    return {"history": history, "wall_s": time.perf_counter() - t_start}
+        trainer.fit()
+    history = [{"epoch": e, "train_rows": n, "epoch_time_s": dt,
+                "samples_per_s": n / max(dt, 1e-9)} for e, (n, dt) in enumerate(train.passes)]
+    return {"history": history, "wall_s": time.perf_counter() - t0}
+
+
+def _split_columns(uri: str, cfg) -> tuple[list[str], bool]:
+    """The trainer's columns for ``cfg`` and whether it needs images."""
+    from raygal.shards import read_schema
+    from raygal.schema import CUTOUT_COLUMN
+    from raygal.train.driver import training_columns
+
+    columns = training_columns(cfg, read_schema(uri).names)
+    return columns, cfg.inputs != "phot" and CUTOUT_COLUMN in columns
+
+
+def run_plain(uri: str, cfg, threads: int = 1) -> dict:
+    """(a): the real training loop on pyarrow-read shards, in this process."""
+    columns, needs_image = _split_columns(uri, cfg)
+
+    def shard(split_name):
+        return TimedShard(lambda bs, seed: plain_batches(
+            uri, cfg, columns, needs_image, np.random.default_rng(seed), split_name, bs),
+            pipeline_preparation(cfg, train=split_name == "train"))
+
+    return run_local(cfg, shard("train"), shard("val"), threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,19 +290,13 @@ def run_ray(cfg) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def breakdown(uri: str, cfg, steps: int = 6, threads: int = 1, passes: int = 2) -> dict:
-    import torch
+    import dataclasses
 
-    from raygal.pipelines import random_dihedral, read_dataset, split, stats_for
-    from raygal.shards import read_schema
-    from raygal.schema import CUTOUT_COLUMN, cutout_shape_of
+    from raygal.pipelines import random_dihedral
+    from raygal.schema import CUTOUT_COLUMN
     from raygal.train import driver
-    from raygal.train.loop import build_model, make_optimizer
 
-    schema = read_schema(uri)
-    stats = stats_for(uri)
-    image_shape = cutout_shape_of(schema)
-    columns = driver.training_columns(cfg, schema.names)
-    needs_image = cfg.inputs == "image+phot" and CUTOUT_COLUMN in columns
+    columns, needs_image = _split_columns(uri, cfg)
     augment = cfg.augment and cfg.inputs == "image+phot"
     bs = cfg.batch_size
     out: dict = {}
@@ -251,42 +313,39 @@ def breakdown(uri: str, cfg, steps: int = 6, threads: int = 1, passes: int = 2) 
         n += len(b["objid"])
     out["plain_data_rows_per_s"] = n / (time.perf_counter() - t0)
 
-    # 2. compute only: forward + backward + step on one batch already in memory
-    d = cfg.to_dict()
-    with _Threads(threads):
-        torch.manual_seed(cfg.seed)
-        model = build_model(d, stats, list(image_shape) if image_shape else None)
-        opt = make_optimizer(d, [p for p in model.parameters() if p.requires_grad])
-        model.train()
-        times = []
-        for _ in range(steps + 1):
-            t0 = time.perf_counter()
-            o = model(first)
-            opt.zero_grad(set_to_none=True)
-            o["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            times.append(time.perf_counter() - t0)
-    step = float(np.median(times[1:]))
-    out["compute_step_s"] = step
-    out["compute_rows_per_s"] = len(first["objid"]) / step
+    # 2. compute only: the training loop on one in-memory batch, ``steps`` times per epoch
+    #    (the second epoch's rate: the first warms up); prepared once where the loop takes
+    #    prepared batches
+    prepare = pipeline_preparation(cfg, train=False)
+    prepared: dict = {}
 
-    # 3. the trainer's Ray Data pipeline, iterated here with the loop's iter_batches arguments
-    ds = read_dataset(uri, columns=columns).map_batches(driver._UsableRows(needs_image),
-                                                        batch_format="numpy")
-    train_ds = split(ds, cfg.split)["train"]
+    def prepare_once(batch):
+        if "batch" not in prepared:
+            prepared["batch"] = prepare(batch)
+        return prepared["batch"]
+
+    def repeat(batch_size, seed):
+        for _ in range(steps):
+            yield dict(first)
+
+    cfg2 = dataclasses.replace(cfg, epochs=2, patience=3, out=cfg.out + "-compute")
+    r = run_local(cfg2, TimedShard(repeat, prepare_once),
+                  TimedShard(lambda bs, seed: iter([dict(first)]), prepare_once), threads)
+    out["compute_rows_per_s"] = r["history"][-1]["samples_per_s"]
+    out["compute_step_s"] = len(first["objid"]) / out["compute_rows_per_s"]
+
+    # 3. the trainer's own Ray Data pipeline (what make_trainer hands the workers), iterated
+    #    here as numpy batches of the loop's batch size
+    train_ds = driver.make_trainer(cfg).datasets["train"]
     rates, first_batch = [], []
     for epoch in range(passes):  # the first pass warms Ray Data's workers up
         t0 = time.perf_counter()
         n, t_first = 0, None
-        rng = np.random.default_rng([cfg.seed, epoch, 0])
         for b in train_ds.iter_batches(batch_size=bs, batch_format="numpy",
                                        local_shuffle_buffer_size=min(4 * bs, 4096),
                                        local_shuffle_seed=cfg.seed * 1000 + epoch):
             if t_first is None:
                 t_first = time.perf_counter() - t0
-            if augment and CUTOUT_COLUMN in b:
-                b[CUTOUT_COLUMN] = random_dihedral(b[CUTOUT_COLUMN], rng)
             n += len(b["objid"])
         rates.append(n / (time.perf_counter() - t0))
         first_batch.append(t_first or 0.0)

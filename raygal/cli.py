@@ -7,20 +7,55 @@
     raygal demo
 
 Every URI may be a local path or s3://bucket/prefix (endpoint from RAYGAL_S3_ENDPOINT_URL or
-AWS_ENDPOINT_URL, credentials from the standard AWS chain).
+AWS_ENDPOINT_URL, credentials from the standard AWS chain). Wherever a trained model is asked
+for, a training output folder (``--out`` of ``raygal train``) may be given instead of its
+``model/`` folder. Options are checked before Ray starts.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
+
+from . import __version__
+from .inputs import INPUT_KINDS
+from .models.registry import POSTERIOR_KINDS, TRAINABLE_KINDS
+
+#: The file that makes a folder a saved raygal model (written by Posterior.save / VAE export).
+MODEL_FILE = "model.json"
 
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def resolve_model_uri(uri: str | None) -> str | None:
+    """The model folder a user means: ``uri`` itself when it holds a saved model, else
+    ``<uri>/model`` when ``uri`` is a training output folder (it has no model.json, its
+    ``model/`` has one). Anything else is returned unchanged, for the loader to report."""
+    from . import storage
+
+    if not uri or storage.exists(storage.join(uri, MODEL_FILE)):
+        return uri
+    inner = storage.join(uri, "model")
+    return inner if storage.exists(storage.join(inner, MODEL_FILE)) else uri
+
+
+def _model_arg(uri: str, option: str, kinds: tuple[str, ...] | None = None) -> str:
+    """A resolved model URI whose model.json was read and whose kind is one of ``kinds``;
+    a ValueError naming ``option`` otherwise (before any work starts)."""
+    from .models.posterior import read_model_description
+
+    uri = resolve_model_uri(uri)
+    try:
+        kind = read_model_description(uri).get("kind")
+    except ValueError as exc:
+        raise ValueError(f"{option} {exc}") from None
+    if kinds and kind not in kinds:
+        raise ValueError(f"{option} {uri}: a {kind} model, where {' or '.join(kinds)} is "
+                         f"needed")
+    return uri
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,15 +132,20 @@ def _parse_sets(items) -> dict:
 
 
 def _train_config(args):
+    """The checked TrainConfig of ``raygal train``/``tune``, its VAE found and read."""
     from .train import load_config
 
-    return load_config(
+    cfg = load_config(
         args.config, model=args.model, data=args.data, out=args.out, inputs=args.inputs,
         targets=args.targets, vae=args.vae, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, patience=args.patience, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, seed=args.seed, max_rows=args.max_rows,
         model_config=_parse_sets(args.set) or None)
+    cfg.check_trainable()
+    if cfg.vae and cfg.model == "nf" and cfg.inputs == "image+phot":
+        cfg.vae = _model_arg(cfg.vae, "--vae", kinds=("vae",))
+    return cfg
 
 
 def cmd_train(args) -> int:
@@ -127,15 +167,10 @@ def cmd_tune(args) -> int:
     from .runtime import init_ray
     from .tune import run_sweep
 
+    from .tune import load_search_space
+
     cfg = _train_config(args)
-    space = None
-    if args.config:
-        import yaml
-
-        from . import storage
-
-        space = (yaml.safe_load(storage.read_bytes(args.config).decode()) or {}).get(
-            "search_space")
+    space = load_search_space(args.config) if args.config else None
     init_ray(args.ray_address)
     s = run_sweep(cfg, args.trials, search_space=space,
                   max_concurrent_trials=args.max_concurrent_trials)
@@ -155,13 +190,14 @@ def cmd_features(args) -> int:
     from .runtime import init_ray
     from .train.features_job import ensure_features, extract_features
 
+    vae = _model_arg(args.vae, "--vae", kinds=("vae",))
     init_ray(args.ray_address)
     if args.out:
-        m = extract_features(args.vae, args.data, args.out, actors=args.actors,
+        m = extract_features(vae, args.data, args.out, actors=args.actors,
                              num_gpus=args.gpus)
         out = args.out
     else:
-        out = ensure_features(args.vae, args.data, actors=args.actors, num_gpus=args.gpus)
+        out = ensure_features(vae, args.data, actors=args.actors, num_gpus=args.gpus)
         from .shards import read_manifest
 
         m = read_manifest(out)
@@ -170,15 +206,18 @@ def cmd_features(args) -> int:
 
 
 def cmd_infer(args) -> int:
-    from .infer import export_fits, infer
+    from .export import export_fits
+    from .infer import infer
     from .runtime import init_ray
 
+    model = _model_arg(args.model, "--model")
     init_ray(args.ray_address)
-    s = infer(args.model, args.data, args.out, samples=args.samples, solver=args.solver,
+    s = infer(model, args.data, args.out, samples=args.samples, solver=args.solver,
               keep_samples=args.keep_samples, actors=args.actors,
               cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
               batch_size=args.batch_size, seed=args.seed, min_actors=args.min_actors,
-              max_actors=args.max_actors, block_rows=args.block_rows)
+              max_actors=args.max_actors, block_rows=args.block_rows,
+              allow_cutout_mismatch=args.allow_cutout_mismatch)
     rate = s["posteriors_per_s"]
     print(f"{s['output_rows']} rows for {s['input_rows']} inputs "
           f"({s['shards_written']} part(s) written, {s['shards_skipped']} already done) in "
@@ -192,7 +231,7 @@ def cmd_infer(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .infer import export_fits
+    from .export import export_fits
 
     outs = export_fits(args.catalog, args.out)
     print(f"{len(outs)} FITS file(s) written under {args.out}")
@@ -202,8 +241,11 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate.run import evaluate, format_table
 
-    r = evaluate(args.posteriors, args.data, args.out, model=args.model,
-                 compare=args.compare, compare_model=args.compare_model,
+    model = _model_arg(args.model, "--model") if args.model else None
+    compare_model = _model_arg(args.compare_model, "--compare-model") \
+        if args.compare_model else None
+    r = evaluate(args.posteriors, args.data, args.out, model=model,
+                 compare=args.compare, compare_model=compare_model,
                  labels=tuple(args.labels.split(",")), max_rows=args.max_rows,
                  calib_rows=args.calib_rows, samples=args.samples,
                  with_model=not args.no_model, solver=args.solver,
@@ -231,53 +273,18 @@ def cmd_report(args) -> int:
             raise ValueError(f"--run takes LABEL=CATALOG[,MODEL], not {spec!r}")
         label, rest = parts
         cat, _, model = rest.partition(",")
-        runs.append({"label": label, "catalog": cat, "model": model or None})
+        runs.append({"label": label, "catalog": cat,
+                     "model": _model_arg(model, f"--run {label}:") if model else None})
     metrics = {}
     for spec in args.metrics or []:
         label, _, uri = spec.partition("=")
         # out_dir: where its calibration samples are, wherever the folder was evaluated
         metrics[label] = storage.read_json(storage.join(uri, "metrics.json")) | {"out_dir": uri}
-    page = make_report(args.out, args.data, runs, vae_uri=args.vae, metrics=metrics or None,
+    vae = _model_arg(args.vae, "--vae", kinds=("vae",)) if args.vae else None
+    page = make_report(args.out, args.data, runs, vae_uri=vae, metrics=metrics or None,
                        max_points=args.max_points)
     print(f"report: {page}")
     return 0
-
-
-# ----------------------------------------------------------------------------------------------
-def default_sdss_samples() -> str | None:
-    """The folder of real SDSS samples, if this checkout has one beside it."""
-    env = os.environ.get("RAYGAL_SDSS_SAMPLES")
-    if env:
-        return env
-    here = Path(__file__).resolve().parents[1]
-    cand = here.parent / "shared" / "data" / "sdss"
-    return str(cand) if cand.is_dir() else None
-
-
-def ingest_sdss_samples(folder: str, out: str) -> dict:
-    """Ingest the small real SDSS samples (photo-z tables, line/Dn4000 table, metallicity
-    cutouts) found in ``folder`` into datasets under ``out``; returns {name: manifest}."""
-    from . import storage
-    from .ingest import ingest
-
-    f = Path(folder)
-    jobs = {
-        "annz": dict(inputs=[f / "photoz" / "annz_sdss_ugriz_train.dat"], format="annz"),
-        "skyserver": dict(inputs=[f / "photoz" / "skyserver_dr14_10k.csv"],
-                          format="skyserver"),
-        "lines": dict(inputs=[f / "lines_dn4000" / "output_results_with_lines_d4000.csv",
-                              f / "lines_dn4000" / "av_dn4000_fuv.csv"], format="lines"),
-        "metallicity_images": dict(inputs=[f / "metallicity_images" / "catalog.csv"],
-                                   format="images", target="oh12",
-                                   cutouts=str(f / "metallicity_images" / "cutouts")),
-    }
-    out_m = {}
-    for name, job in jobs.items():
-        inputs = [str(p) for p in job.pop("inputs") if p.exists()]
-        if not inputs:
-            continue
-        out_m[name] = ingest(inputs, storage.join(out, name), **job)
-    return out_m
 
 
 def cmd_demo(args) -> int:
@@ -293,21 +300,60 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+def _add_train_options(s, name: str) -> None:
+    """The options ``raygal train`` and ``raygal tune`` share (TrainConfig fields)."""
+    s.add_argument("model", choices=TRAINABLE_KINDS if name == "train" else POSTERIOR_KINDS,
+                   help="what to train: vae (image features for the NF), nf (VAE + RealNVP), "
+                        "cfm (conditional flow matching) or gaussian (baseline)"
+                        if name == "train" else "the model to sweep")
+    s.add_argument("--data", help="training dataset URI (raygal simulate / ingest)")
+    s.add_argument("--out", help="output URI (checkpoints, history, model); an existing run "
+                                 "there is resumed")
+    s.add_argument("--config", help="YAML config file (options below override it; see the "
+                                    "README for its keys)")
+    s.add_argument("--inputs", choices=INPUT_KINDS,
+                   help="what the model sees: image+phot (default), phot (photometry only: no "
+                        "cutouts needed), image (cutouts only); '+err' adds the magnitude "
+                        "errors, '+z' the redshift (for spectroscopic quantities)")
+    s.add_argument("--targets", help="comma-separated targets, e.g. z,log_mstar (default: "
+                                     "the paper's set for the model)")
+    s.add_argument("--vae", help="trained VAE (its model folder or training output folder) "
+                                 "for an image+phot NF: train one with 'raygal train vae'")
+    s.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
+    s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default 0)")
+    s.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs per worker (default: leave room for Ray Data's readers)")
+    s.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
+    s.add_argument("--batch-size", type=int, help="batch size per worker")
+    s.add_argument("--lr", type=float, help="learning rate (default: the paper's)")
+    s.add_argument("--patience", type=int,
+                   help="early stopping: epochs without a better validation loss (default 5)")
+    s.add_argument("--max-failures", type=int,
+                   help="worker failures to recover from by resuming (default 2)")
+    s.add_argument("--max-rows", type=int, help="cap the training rows (quick runs)")
+    s.add_argument("--seed", type=int, help="random seed (default 0)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="model option, e.g. --set coupling_layers=8 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raygal", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"raygal {__version__}",
+                   help="print raygal's version and exit")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray; "
                         "'local' forces a new local one)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="write a mock SDSS-like survey with ground truth")
     s.add_argument("--n", type=int, required=True, help="number of galaxies (after the "
                                                         "r < 17.77 flux limit)")
     s.add_argument("--image-size", type=int, default=64, help="cutout size in pixels (64-160)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same survey)")
     s.add_argument("--out", required=True, help="output URI (path or s3://)")
-    s.add_argument("--rows-per-shard", type=int, default=4096)
+    s.add_argument("--rows-per-shard", type=int, default=4096,
+                   help="rows per Parquet shard (default 4096)")
     s.add_argument("--no-images", action="store_true", help="photometry and targets only")
     s.set_defaults(func=cmd_simulate)
 
@@ -316,13 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
                                              "ANNz table, objID,<target> CSV")
     s.add_argument("--out", required=True, help="output URI (path or s3://)")
     s.add_argument("--format", default="auto",
-                   choices=["auto", "fits", "skyserver", "annz", "lines", "images"])
+                   choices=["auto", "fits", "skyserver", "annz", "lines", "images"],
+                   help="input format (default: from the file names and contents)")
     s.add_argument("--cutouts", default=None, help="folder of cutouts named <objID>.jpg/.png/"
                                                    ".fits")
     s.add_argument("--target", default=None, help="target name of an objID,<value> CSV "
                                                   "(e.g. oh12)")
     s.add_argument("--cutout-size", type=int, default=None, help="resize cutouts to this size")
-    s.add_argument("--rows-per-shard", type=int, default=4096)
+    s.add_argument("--rows-per-shard", type=int, default=4096,
+                   help="rows per Parquet shard (default 4096)")
     s.add_argument("--on-duplicate", choices=["keep-first", "error"], default="keep-first",
                    help="an objid seen twice: keep the first row and count the rest in the "
                         "manifest (default), or refuse the input")
@@ -332,59 +380,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("info", help="print a dataset's manifest facts")
-    s.add_argument("uri")
+    s.add_argument("uri", help="dataset URI")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("stats", help="compute and persist normalisation statistics "
                                      "(one streaming Ray Data pass)")
-    s.add_argument("uri")
+    s.add_argument("uri", help="dataset URI")
     s.set_defaults(func=cmd_stats)
 
-    for name, helptext in (("train", "train a model data-parallel with Ray Train"),
-                           ("tune", "hyper-parameter sweep with Ray Tune (ASHA)")):
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("model", choices=["vae", "nf", "cfm", "gaussian"] if name == "train"
-                       else ["nf", "cfm", "gaussian"])
-        s.add_argument("--data", help="training dataset URI")
-        s.add_argument("--out", help="output URI (checkpoints, history, model)")
-        s.add_argument("--config", help="YAML config file (options below override it)")
-        s.add_argument("--inputs", choices=["image+phot", "phot"])
-        s.add_argument("--targets", help="comma-separated targets, e.g. z,log_mstar")
-        s.add_argument("--vae", help="trained VAE (model URI) for an image+phot NF")
-        s.add_argument("--workers", type=int)
-        s.add_argument("--gpus-per-worker", type=float)
-        s.add_argument("--cpus-per-worker", type=float)
-        s.add_argument("--epochs", type=int)
-        s.add_argument("--batch-size", type=int)
-        s.add_argument("--lr", type=float)
-        s.add_argument("--patience", type=int)
-        s.add_argument("--max-failures", type=int)
-        s.add_argument("--max-rows", type=int, help="cap the training rows (quick runs)")
-        s.add_argument("--seed", type=int)
-        s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="model option, e.g. --set coupling_layers=8 (repeatable)")
-        if name == "tune":
-            s.add_argument("--trials", type=int, default=8)
-            s.add_argument("--max-concurrent-trials", type=int, default=None,
-                           help="trials run at once (default: as many as the cluster's CPUs "
-                                "allow beside one for data)")
-            s.set_defaults(func=cmd_tune)
-        else:
-            s.set_defaults(func=cmd_train)
+    s = sub.add_parser("train", help="train a model data-parallel with Ray Train")
+    _add_train_options(s, "train")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("tune", help="hyper-parameter sweep with Ray Tune (ASHA)")
+    _add_train_options(s, "tune")
+    s.add_argument("--trials", type=int, default=8, help="number of trials (default 8)")
+    s.add_argument("--max-concurrent-trials", type=int, default=None,
+                   help="trials run at once (default: as many as the cluster's CPUs allow "
+                        "beside one for data)")
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("features", help="frozen-VAE features for the NF (Ray Data job)")
-    s.add_argument("--vae", required=True, help="trained VAE model URI")
+    s.add_argument("--vae", required=True, help="trained VAE (model folder or training output "
+                                                "folder)")
     s.add_argument("--data", required=True, help="dataset with cutouts")
     s.add_argument("--out", default=None,
                    help="default: <parent>/_features/<dataset name>/<VAE hash>")
-    s.add_argument("--actors", type=int, default=1)
+    s.add_argument("--actors", type=int, default=1, help="actor pool size (default 1)")
     s.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
     s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("infer", help="posterior catalog of a dataset (Ray Data batch "
                                      "inference, restartable)")
-    s.add_argument("--model", required=True, help="trained model URI (nf, cfm, gaussian, "
-                                                  "ensemble)")
+    s.add_argument("--model", required=True, help="trained model (nf, cfm, gaussian, "
+                                                  "ensemble): its folder or training output "
+                                                  "folder")
     s.add_argument("--data", required=True, help="dataset URI")
     s.add_argument("--out", required=True, help="catalog URI; re-running finishes it")
     s.add_argument("--samples", type=int, default=1000, help="posterior samples per galaxy")
@@ -400,16 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "cluster)")
     s.add_argument("--block-rows", type=int, default=None,
                    help="rows per unit of work and catalog part (default 512)")
-    s.add_argument("--cpus-per-actor", type=float, default=None)
-    s.add_argument("--gpus-per-actor", type=float, default=0.0)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs per actor (default 1)")
+    s.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor")
+    s.add_argument("--batch-size", type=int, default=256, help="galaxies per model call")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    s.add_argument("--allow-cutout-mismatch", action="store_true",
+                   help="run an image model on cutouts whose unit, bands or pixel scale "
+                        "differ from its training cutouts (refused by default)")
     s.add_argument("--fits", default=None, help="also export FITS tables (with units) here")
     s.set_defaults(func=cmd_infer)
 
     s = sub.add_parser("export", help="posterior catalog -> FITS tables with units")
-    s.add_argument("catalog")
-    s.add_argument("--out", required=True)
+    s.add_argument("catalog", help="posterior catalog URI (raygal infer --out)")
+    s.add_argument("--out", required=True, help="folder for the FITS files (one per shard)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("evaluate", help="accuracy, calibration and information gain of a "
@@ -420,11 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="model for calibration and information "
                                                  "gain (default: the catalog's)")
     s.add_argument("--compare", default=None, help="a second catalog (e.g. photometry-only)")
-    s.add_argument("--compare-model", default=None)
+    s.add_argument("--compare-model", default=None, help="the second catalog's model "
+                                                         "(default: its own)")
     s.add_argument("--labels", default="image,phot", help="names of the two catalogs")
-    s.add_argument("--max-rows", type=int, default=200_000)
-    s.add_argument("--calib-rows", type=int, default=500)
-    s.add_argument("--samples", type=int, default=300)
+    s.add_argument("--max-rows", type=int, default=200_000,
+                   help="rows of the catalog to evaluate")
+    s.add_argument("--calib-rows", type=int, default=500,
+                   help="rows re-sampled for calibration and densities")
+    s.add_argument("--samples", type=int, default=300,
+                   help="posterior samples per calibration row")
     s.add_argument("--solver", default=None, help="CFM solver for calibration and densities")
     s.add_argument("--no-model", action="store_true", help="catalog-only metrics")
     s.add_argument("--prior-data", default=None,
@@ -452,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vae", default=None, help="VAE model URI for the latent figures")
     s.add_argument("--metrics", action="append", metavar="LABEL=EVAL_DIR",
                    help="an evaluation folder (raygal evaluate --out) to tabulate")
-    s.add_argument("--max-points", type=int, default=5000)
+    s.add_argument("--max-points", type=int, default=5000,
+                   help="most galaxies drawn per scatter plot")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="end-to-end run on the embedded mock survey")
@@ -460,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=3000, help="mock galaxies at --scale 1")
     s.add_argument("--scale", type=float, default=1.0,
                    help="multiply the data size and the epochs (e.g. 30 for a real run)")
-    s.add_argument("--image-size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=64, help="cutout size in pixels")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--samples", type=int, default=500, help="posterior samples per galaxy")
     s.add_argument("--solver", default="rk4-10", help="CFM ODE solver")
     s.add_argument("--workers", type=int, default=2, help="Ray Train workers per model")

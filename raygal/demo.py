@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import pipelines, storage
+from .samples import default_sdss_samples, ingest_sdss_samples
 
 
 def _step(msg: str, t0: float) -> None:
@@ -21,7 +22,6 @@ def _step(msg: str, t0: float) -> None:
 def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
              seed: int = 0, samples: int = 500, solver: str = "rk4-10",
              sdss_samples: str | None = None, workers: int = 2) -> dict:
-    from .cli import default_sdss_samples, ingest_sdss_samples
     from .evaluate.report import make_report
     from .evaluate.run import evaluate, format_table
     from .infer import infer

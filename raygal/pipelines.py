@@ -5,8 +5,8 @@ s3://) and every pass (statistics, validation, summaries) is a streaming ``map_b
 per-block partial results are small and merged on the driver.
 
 >>> ds = read_dataset("s3://bucket/survey")                      # doctest: +SKIP
->>> stats = compute_stats(ds)                                    # one streaming pass
->>> train, val, test = split(ds).values()                        # by a hash of objid
+>>> stats = compute_stats(ds)                  # one streaming pass  # doctest: +SKIP
+>>> train, val, test = split(ds).values()      # by a hash of objid  # doctest: +SKIP
 """
 from __future__ import annotations
 

@@ -221,7 +221,9 @@ class Target:
             return np.isfinite(x) & (x >= self.lo) & (x <= self.hi)
 
 
-LINE_FLUX_UNIT = "1e-17 erg/s/cm^2"
+#: Unit strings are astropy's (``astropy.units.Unit(s)`` parses each without a warning);
+#: "" is dimensionless. raygal.export turns them into FITS and Parquet units.
+LINE_FLUX_UNIT = "1e-17 erg / (s cm2)"
 
 TARGETS: dict[str, Target] = {
     t.name: t

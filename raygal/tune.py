@@ -33,20 +33,72 @@ SEARCH_SPACES = {
 TRAIN_KEYS = {"lr", "batch_size", "weight_decay"}
 
 
+#: Domains a search space may use, with the number of arguments each takes (None: a list).
+DOMAINS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": None}
+
+
+def validate_search_space(space, where: str = "search_space") -> dict:
+    """Check a YAML-friendly search space before Ray starts; returns it.
+
+    Each key is a model option (``model_config``) or one of ``TRAIN_KEYS``; each value a list
+    of choices, ``{choice: [...]}``, ``{loguniform|uniform|randint: [low, high]}``, or a fixed
+    value.
+
+    >>> validate_search_space({"coupling_layers": [4, 8], "lr": {"loguniform": [1e-4, 1e-3]}})
+    {'coupling_layers': [4, 8], 'lr': {'loguniform': [0.0001, 0.001]}}
+    """
+    import dataclasses
+
+    if not isinstance(space, dict) or not space:
+        raise ValueError(f"{where} must be a non-empty mapping of option: values, e.g. "
+                         f"{{coupling_layers: [4, 8, 12], lr: {{loguniform: [1e-4, 1e-3]}}}}")
+    fixed = {f.name for f in dataclasses.fields(TrainConfig)} - TRAIN_KEYS
+    for k, v in space.items():
+        if k in fixed:
+            raise ValueError(f"{where}: {k!r} cannot be searched (searchable training "
+                             f"options: {', '.join(sorted(TRAIN_KEYS))}; any other key is a "
+                             f"model option)")
+        if isinstance(v, list) and not v:
+            raise ValueError(f"{where}: {k!r} has an empty list of choices")
+        if isinstance(v, dict):
+            if len(v) != 1 or next(iter(v)) not in DOMAINS:
+                raise ValueError(f"{where}: {k!r} must be a list or one of "
+                                 f"{{{' | '.join(DOMAINS)}: [...]}}, not {v!r}")
+            (kind, args), = v.items()
+            n = DOMAINS[kind]
+            if not isinstance(args, list) or (n is None and not args) or \
+                    (n is not None and len(args) != n):
+                raise ValueError(f"{where}: {k!r}: {kind} takes "
+                                 f"{'a list of choices' if n is None else '[low, high]'}, "
+                                 f"not {args!r}")
+            if n is not None and not (all(isinstance(a, (int, float)) for a in args)
+                                      and args[0] < args[1]):
+                raise ValueError(f"{where}: {k!r}: {kind} needs numbers low < high, not "
+                                 f"{args!r}")
+            if kind == "loguniform" and args[0] <= 0:
+                raise ValueError(f"{where}: {k!r}: loguniform needs low > 0, not {args!r}")
+    return space
+
+
+def load_search_space(path: str) -> dict | None:
+    """The checked ``search_space`` of a config file (None if the file has none)."""
+    from .train.config import read_config_file
+
+    space = read_config_file(path).get("search_space")
+    return None if space is None else validate_search_space(space, f"{path}: search_space")
+
+
 def to_tune_space(space: dict) -> dict:
     """A YAML-friendly search space -> Ray Tune domains (lists become grid/choice)."""
     from ray import tune
 
     out = {}
-    for k, v in space.items():
+    for k, v in validate_search_space(space).items():
         if isinstance(v, list):
             out[k] = tune.choice(v)
-        elif isinstance(v, dict) and len(v) == 1:
+        elif isinstance(v, dict):
             (kind, args), = v.items()
-            fn = {"loguniform": tune.loguniform, "uniform": tune.uniform,
-                  "randint": tune.randint, "choice": tune.choice}.get(kind)
-            if fn is None:
-                raise ValueError(f"search space {k!r}: unknown domain {kind!r}")
+            fn = getattr(tune, kind)
             out[k] = fn(args) if kind == "choice" else fn(*args)
         else:
             out[k] = v

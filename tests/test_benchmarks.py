@@ -1,5 +1,6 @@
-"""Every benchmark runs in its quick mode, so none of them rots. No timing is asserted here:
-the figures are for people (see the README's performance section)."""
+"""Every benchmark runs in its quick mode, so none of them rots. Speeds are not asserted (they
+are for people: see the README's performance section); the figures are checked to be sane:
+positive, finite, consistent with each other and within what the hardware allows."""
 from __future__ import annotations
 
 import math
@@ -11,6 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 pytestmark = pytest.mark.timeout(300)
 
+#: No 2-core machine moves 3x64x64 float32 cutouts (48 KiB a row) at 10 GB/s.
+MAX_CUTOUT_ROWS_PER_S = 10e9 / (3 * 64 * 64 * 4)
+
 
 def _positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
@@ -21,6 +25,13 @@ def test_bench_stream_quick(ray_local):
 
     r = bench_stream.main(["--quick"])
     assert _positive(r["plain_rows_per_s"]) and _positive(r["ray_rows_per_s"])
+    assert r["ratio"] == pytest.approx(r["ray_rows_per_s"] / r["plain_rows_per_s"])
+    assert r["rows"] > 0 and _positive(r["write_rows_per_s"])
+    if r["image_size"] == 64:
+        for key in ("plain_rows_per_s", "ray_rows_per_s", "write_rows_per_s"):
+            assert r[key] < MAX_CUTOUT_ROWS_PER_S, (key, r[key])
+    sim = r["sim_galaxies_per_s_per_core"]
+    assert sim is None or _positive(sim)
 
 
 def test_bench_infer_quick(ray_local):
@@ -29,3 +40,9 @@ def test_bench_infer_quick(ray_local):
     r = bench_infer.main(["--quick"])
     assert r and all(_positive(v["pipeline_per_s"]) and _positive(v["model_only_per_s"])
                      for v in r.values())
+    for label, v in r.items():
+        assert v["ratio"] == pytest.approx(v["pipeline_per_s"] / v["model_only_per_s"]), label
+        # the pipeline runs the same model on one actor: it cannot be many times faster than
+        # the model alone in one process (the bound leaves room for a loaded machine)
+        assert v["ratio"] < 10, (label, v)
+        assert v["galaxies"] > 0

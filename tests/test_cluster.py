@@ -331,42 +331,98 @@ def test_rayjob_manifest(rayjob):
     _check_cluster_spec(spec["rayClusterSpec"], "rayjob.yaml rayClusterSpec")
 
 
-def _entrypoint_parts(rayjob: dict) -> tuple[str, list[str]]:
+def _entrypoint_commands(rayjob: dict) -> list[tuple[str, list[str]]]:
+    """(job script name, its arguments) of each command of the RayJob's entrypoint: one
+    ``python jobs/X.py ...``, or several joined by ``&&`` inside one ``bash -c '...'``.
+
+    KubeRay pastes the entrypoint into the submitter pod's shell command line, so a bare
+    ``&&`` (or ``;``) would run the later commands in the submitter pod, not on the cluster."""
     argv = shlex.split(rayjob["spec"]["entrypoint"])
-    assert argv[0] == "python", argv
-    m = re.fullmatch(r"jobs/(\w+)\.py", argv[1])
-    assert m, f"the entrypoint runs a script in jobs/: {argv[1]}"
-    return m.group(1), argv[2:]
+    assert not {"&&", ";", "||", "|"} & set(argv), \
+        "chain commands inside one bash -c '...', not in the submitter's shell"
+    if argv[:2] == ["bash", "-c"]:
+        assert len(argv) == 3, argv
+        parts = [shlex.split(c) for c in argv[2].split("&&")]
+    else:
+        parts = [argv]
+    out = []
+    for cmd in parts:
+        assert cmd[0] == "python", cmd
+        m = re.fullmatch(r"jobs/(\w+)\.py", cmd[1])
+        assert m, f"the entrypoint runs a script in jobs/: {cmd[1]}"
+        out.append((m.group(1), cmd[2:]))
+    return out
 
 
-def test_rayjob_entrypoint_runs_a_job_script(rayjob):
-    name, args = _entrypoint_parts(rayjob)
-    assert name in JOB_SCRIPTS, f"jobs/{name}.py is not one of {sorted(JOB_SCRIPTS)}"
-    # Inputs and outputs on object storage: nothing on a pod's disk outlives the cluster.
-    for flag in ("--data", "--out"):
-        assert flag in args, flag
-        assert args[args.index(flag) + 1].startswith("s3://"), flag
-    jobs = REPO / "jobs"
-    if jobs.is_dir() and any(jobs.glob("*.py")):
-        assert (jobs / f"{name}.py").is_file(), f"jobs/{name}.py does not exist"
-
-
-def test_rayjob_entrypoint_arguments_are_accepted(rayjob):
-    """The flags the entrypoint passes are ones the script's own --help lists."""
-    name, args = _entrypoint_parts(rayjob)
-    script = REPO / "jobs" / f"{name}.py"
-    if not script.is_file():
-        pytest.skip(f"jobs/{name}.py is not in this checkout yet")
-    positional = []
+def _positional(args: list[str]) -> list[str]:
+    out = []
     for a in args:
         if a.startswith("-"):
             break
-        positional.append(a)
+        out.append(a)
+    return out
+
+
+def _flag(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def test_rayjob_entrypoint_runs_job_scripts(rayjob):
+    for name, args in _entrypoint_commands(rayjob):
+        assert name in JOB_SCRIPTS, f"jobs/{name}.py is not one of {sorted(JOB_SCRIPTS)}"
+        assert (REPO / "jobs" / f"{name}.py").is_file(), f"jobs/{name}.py does not exist"
+        # Inputs and outputs on object storage: nothing on a pod's disk outlives the cluster.
+        for flag in ("--data", "--out"):
+            assert flag in args, flag
+            assert _flag(args, flag).startswith("s3://"), flag
+
+
+def test_rayjob_image_nf_trains_on_the_vae_trained_before_it(rayjob):
+    """An image NF needs a VAE (raygal refuses to start without one): the entrypoint trains
+    it first and hands its output to the NF."""
+    vae_outs = []
+    for name, args in _entrypoint_commands(rayjob):
+        pos = _positional(args)
+        if name == "train" and pos == ["vae"]:
+            vae_outs.append(_flag(args, "--out"))
+        if name == "train" and pos == ["nf"] and _flag(args, "--inputs") != "phot":
+            vae = _flag(args, "--vae")
+            assert vae, "an image NF needs --vae"
+            assert vae.rstrip("/") in {o.rstrip("/") for o in vae_outs} | \
+                {o.rstrip("/") + "/model" for o in vae_outs}, \
+                f"--vae {vae} is not the output of a VAE trained earlier in the job"
+
+
+def test_rayjob_entrypoint_arguments_are_accepted(rayjob):
+    """The flags each entrypoint command passes are ones the script's own --help lists."""
+    for name, args in _entrypoint_commands(rayjob):
+        script = REPO / "jobs" / f"{name}.py"
+        assert script.is_file(), f"jobs/{name}.py does not exist"
+        positional = _positional(args)
+        r = subprocess.run([sys.executable, str(script), *positional, "--help"], cwd=REPO,
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-2000:]
+        for flag in (a.split("=", 1)[0] for a in args if a.startswith("--")):
+            assert flag in r.stdout, f"jobs/{name}.py {' '.join(positional)} does not take {flag}"
+
+
+@pytest.mark.parametrize("name", sorted(JOB_SCRIPTS))
+def test_every_job_script_exists_and_shows_its_help(name):
+    """The job scripts the cluster files name are there, import, and parse --help."""
+    script = REPO / "jobs" / f"{name}.py"
+    assert script.is_file(), f"jobs/{name}.py does not exist"
+    positional = ["nf"] if name in ("train", "tune") else []
     r = subprocess.run([sys.executable, str(script), *positional, "--help"], cwd=REPO,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
-    for flag in (a.split("=", 1)[0] for a in args if a.startswith("--")):
-        assert flag in r.stdout, f"jobs/{name}.py {' '.join(positional)} does not take {flag}"
+    assert "--data" in r.stdout
+
+
+def test_cluster_docs_name_only_existing_job_scripts():
+    for path in (README, LAUNCHER, RAYJOB):
+        for name in re.findall(r"jobs/(\w+)\.py", path.read_text()):
+            assert name in JOB_SCRIPTS and (REPO / "jobs" / f"{name}.py").is_file(), \
+                f"{path.name} names jobs/{name}.py"
 
 
 # ----------------------------------------------------------------------------------------------

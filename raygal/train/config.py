@@ -23,8 +23,13 @@ A config file (YAML) holds any of these keys; every command-line option override
     split: [0.8, 0.1, 0.1]     # train / validation / test fractions, by a hash of objid
     max_rows: null             # cap on training rows (quick runs)
     model_config: {}           # architecture options of the model (see each model's docstring)
+    search_space: {...}        # raygal tune only (raygal.tune); raygal train ignores it
 
 Defaults follow the papers: VAE Adam 1e-4; CFM AdamW 5e-5, batch 64, early stopping.
+
+Every value is checked here, before Ray starts: a wrong option, type or split is an error that
+names the option and says what to give instead; ``TrainConfig.check_trainable`` adds what a
+run needs beyond valid values (an image NF's VAE).
 """
 from __future__ import annotations
 
@@ -78,6 +83,7 @@ class TrainConfig:
         if self.model not in MODEL_KINDS:
             raise ValueError(f"model must be one of {MODEL_KINDS}, not {self.model!r}")
         d = MODEL_DEFAULTS[self.model]
+        _coerce_types(self)
         self.lr = float(self.lr if self.lr is not None else d["lr"])
         self.optimizer = self.optimizer or d["optimizer"]
         self.batch_size = int(self.batch_size or d["batch_size"])
@@ -92,6 +98,17 @@ class TrainConfig:
             raise ValueError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.workers < 1 or self.epochs < 1:
             raise ValueError("workers and epochs must be >= 1")
+        _check_split(self.split)
+
+    def check_trainable(self) -> None:
+        """Raise a ValueError saying what is missing if this config cannot start training
+        (checked before Ray starts; a config may lack a VAE while it is being assembled)."""
+        if self.model == "nf" and self.inputs != "phot" and not self.vae:
+            raise ValueError(
+                "an NF on images works on the features of a trained VAE, and no VAE was "
+                "given: train one first (raygal train vae --data DATA --out runs/vae), then "
+                "pass it with --vae runs/vae (or 'vae:' in the config file); or train a "
+                "photometry-only NF with --inputs phot")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -101,20 +118,81 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(d) - set(names)
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+            known = ", ".join(n for n in names if n != "fail_at_epoch")
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))} "
+                             f"(known: {known})")
         return cls(**d)
+
+
+#: Options whose values must be whole numbers / numbers, named in errors as given.
+INT_OPTIONS = ("epochs", "batch_size", "patience", "workers", "max_failures", "seed",
+               "max_rows")
+FLOAT_OPTIONS = ("lr", "weight_decay", "gpus_per_worker", "cpus_per_worker")
+#: Keys of a config file that belong to one command and are not training options.
+COMMAND_KEYS = {"search_space": "raygal tune"}
+
+
+def _coerce_types(cfg: TrainConfig) -> None:
+    """Convert YAML/CLI values to their types in place, or raise naming the option."""
+    def convert(name, fn, value):
+        try:
+            if isinstance(value, bool) or (fn is int and float(value) != int(value)):
+                raise ValueError
+            return fn(value)
+        except (TypeError, ValueError):
+            kind = "a whole number" if fn is int else "a number"
+            raise ValueError(f"training option {name} must be {kind}, not {value!r}") from None
+
+    for names, fn in ((INT_OPTIONS, int), (FLOAT_OPTIONS, float)):
+        for name in names:
+            value = getattr(cfg, name)
+            if value is not None:          # None: the model's default (lr, batch_size, ...)
+                setattr(cfg, name, convert(name, fn, value))
+    if isinstance(cfg.split, (str, bytes)) or not hasattr(cfg.split, "__iter__"):
+        raise ValueError(f"split must be a list of three fractions, e.g. [0.8, 0.1, 0.1], "
+                         f"not {cfg.split!r}")
+    cfg.split = [convert("split", float, x) for x in cfg.split]
+    if not isinstance(cfg.model_config, dict):
+        raise ValueError(f"model_config must be a mapping, e.g. {{coupling_layers: 8}}, not "
+                         f"{cfg.model_config!r}")
+
+
+def _check_split(split: tuple) -> None:
+    """Train / validation / test fractions: three, none negative, a positive training
+    fraction, summing to 1 (the split is by a hash of objid: fractions are not rescaled)."""
+    if len(split) != 3:
+        raise ValueError(f"split must be three fractions (train, validation, test), not "
+                         f"{list(split)}")
+    if any(f < 0 for f in split) or split[0] <= 0:
+        raise ValueError(f"split fractions must be >= 0 with a positive training fraction, "
+                         f"not {list(split)}")
+    if abs(sum(split) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, not {sum(split):g} "
+                         f"({list(split)})")
+
+
+def read_config_file(path: str) -> dict:
+    """The YAML mapping of a config file (local or s3://), training options and command keys
+    (``COMMAND_KEYS``) alike."""
+    try:
+        d = yaml.safe_load(storage.read_bytes(path).decode())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    d = d or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a training config must be a YAML mapping")
+    return d
 
 
 def load_config(path: str | None, **overrides) -> TrainConfig:
     """A TrainConfig from a YAML file (local or s3://) with ``overrides`` (None = not given)
-    applied on top."""
+    applied on top. Command keys such as ``search_space`` are left to their command."""
     d = {}
     if path:
-        d = yaml.safe_load(storage.read_bytes(path).decode()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: a training config must be a YAML mapping")
+        d = {k: v for k, v in read_config_file(path).items() if k not in COMMAND_KEYS}
     for k, v in overrides.items():
         if v is not None:
             if k == "model_config":
