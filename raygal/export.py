@@ -33,6 +33,7 @@ import warnings
 import pyarrow as pa
 
 from . import storage
+from .catalog import catalog_shards, read_settings
 from .schema import ID_COLUMN, TARGETS, get_target
 
 #: Columns of a catalog that are not per-target summaries: (unit, description).
@@ -173,24 +174,9 @@ def catalog_targets(column_names, settings: dict | None = None) -> list[str]:
 # FITS
 # ----------------------------------------------------------------------------------------------
 
-#: The settings file ``raygal infer`` writes beside a catalog's shards (model, samples,
-#: solver, targets), by its current name and its earlier one. Read here by name, not through
-#: raygal.infer, so that the catalog writer can use this module without an import cycle.
-SETTINGS_FILES = ("_infer.json", "infer.json")
-
-
 def _catalog_settings(catalog_uri: str) -> dict:
     """The catalog's inference settings (model, samples, targets), or {} if it has none."""
-    for name in SETTINGS_FILES:
-        uri = storage.join(catalog_uri, name)
-        if storage.exists(uri):
-            return storage.read_json(uri)
-    return {}
-
-
-def catalog_shards(catalog_uri: str) -> list[str]:
-    """The URIs of a catalog's Parquet shards (its sidecar files are not Parquet)."""
-    return storage.listdir(catalog_uri, ".parquet")
+    return read_settings(catalog_uri, missing_ok=True) or {}
 
 
 def shard_qtable(table: pa.Table, targets):

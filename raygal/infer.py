@@ -53,14 +53,13 @@ from .models.posterior import read_model_description
 from .inputs import parse_inputs
 from .schema import (CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, cutout_mismatch, cutout_properties,
                      cutout_shape_of, get_target)
+from .catalog import (CATALOG_MANIFEST, LEGACY_SETTINGS_FILE, LEGACY_SUMMARY_FILE,  # noqa: F401
+                      SETTINGS_FILE, SUMMARY_FILE, catalog_parts, catalog_rows_for_shard,
+                      catalog_shards, read_settings)
+from .export import annotate_schema, catalog_targets
 from .shards import fingerprint, read_manifest, read_rows, read_schema
 
 log = logging.getLogger("raygal.infer")
-SETTINGS_FILE = "_infer.json"
-SUMMARY_FILE = "_summary.json"
-CATALOG_MANIFEST = "_manifest.json"
-LEGACY_SETTINGS_FILE = "infer.json"
-LEGACY_SUMMARY_FILE = "summary.json"
 PART_FMT = "part-{shard:05d}-{block:04d}.parquet"
 #: Parquet schema metadata key of a part's provenance (block, input shard hash, settings).
 PART_META_KEY = b"raygal.part"
@@ -324,6 +323,8 @@ def _part_table(cols: dict[str, np.ndarray], meta: dict) -> pa.Table:
         else:
             arrays[k] = pa.array(v)
     table = pa.table(arrays)
+    # Units and descriptions in the field metadata, for every Parquet reader.
+    table = table.cast(annotate_schema(table.schema, catalog_targets(table.column_names)))
     return table.replace_schema_metadata({PART_META_KEY: json.dumps(meta).encode()})
 
 
@@ -546,56 +547,3 @@ def _finish(out_uri, blocks, done, settings, elapsed, rows_run, written, steady=
             "model_fingerprint": settings["model_fingerprint"]})
     storage.write_json(storage.join(out_uri, SUMMARY_FILE), summary)
     return summary
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading catalogs
-# ----------------------------------------------------------------------------------------------
-
-def read_settings(catalog_uri: str, missing_ok: bool = False) -> dict | None:
-    """The settings a catalog was made with (``_infer.json``, or a legacy ``infer.json``)."""
-    for name in (SETTINGS_FILE, LEGACY_SETTINGS_FILE):
-        try:
-            return storage.read_json(storage.join(catalog_uri, name))
-        except FileNotFoundError:
-            continue
-    if missing_ok:
-        return None
-    raise FileNotFoundError(f"{catalog_uri}: not a raygal posterior catalog (no "
-                            f"{SETTINGS_FILE}); make one with 'raygal infer'")
-
-
-def catalog_parts(uri: str) -> list[dict]:
-    """The parts of a finished catalog: [{'name', 'uri', 'shard', 'offset', 'num_rows'}], in
-    input order. A catalog still being written (or from before catalog manifests) has no
-    manifest: its Parquet files are listed, each taken to hold the input shard of its name."""
-    muri = storage.join(uri, CATALOG_MANIFEST)
-    if storage.exists(muri):
-        parts = storage.read_json(muri)["parts"]
-        return [dict(p, uri=storage.join(uri, p["name"])) for p in parts]
-    return [{"name": posixpath.basename(u), "uri": u, "shard": posixpath.basename(u),
-             "offset": 0, "num_rows": None} for u in storage.listdir(uri, ".parquet")]
-
-
-def catalog_shards(uri: str) -> list[str]:
-    """The posterior catalog's Parquet files (its parts), in input order."""
-    return [p["uri"] for p in catalog_parts(uri)]
-
-
-def catalog_rows_for_shard(catalog_uri: str, shard_uri: str, columns=None) -> pa.Table:
-    """The catalog rows made from one input shard of the dataset (all its parts), for joins
-    shard by shard with the truth; a clear error if a part is missing."""
-    name = posixpath.basename(shard_uri)
-    parts = [p for p in catalog_parts(catalog_uri) if p["shard"] == name]
-    if not parts:
-        raise FileNotFoundError(f"{catalog_uri}: no catalog part for {shard_uri}; finish the "
-                                f"catalog with 'raygal infer' (re-running completes it)")
-    tables = []
-    for p in parts:
-        fs, path = storage.arrow_fs(p["uri"])
-        try:
-            tables.append(pq.read_table(path, filesystem=fs, columns=columns))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{p['uri']}: missing catalog part for {shard_uri}; "
-                                    f"finish the catalog with 'raygal infer'") from None
-    return pa.concat_tables(tables)

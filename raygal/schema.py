@@ -83,7 +83,7 @@ class Transform:
 
     >>> LOG10.inverse(LOG10.forward(np.array([100.0])))
     array([100.])
-    >>> float(LOG1P.log_abs_det_jacobian(np.array(0.0)))     # d log1p(x) / dx = 1 at 0
+    >>> abs(float(LOG1P.log_abs_det_jacobian(np.array(0.0))))  # d log1p(x) / dx = 1 at 0
     0.0
     """
 

@@ -15,7 +15,8 @@ from astropy.io import fits
 from astropy.table import QTable, Table
 
 from raygal import storage
-from raygal.export import (SETTINGS_FILES, annotate_schema, catalog_field_metadata,
+from raygal.catalog import LEGACY_SETTINGS_FILE, SETTINGS_FILE as CURRENT_SETTINGS_FILE
+from raygal.export import (annotate_schema, catalog_field_metadata,
                            column_unit, export_fits)
 from raygal.infer import SETTINGS_FILE
 from raygal.schema import TARGETS, galaxy_schema
@@ -100,7 +101,7 @@ def test_fits_round_trips_units_without_warnings(tmp_path):
     np.testing.assert_allclose(m.physical.to(u.Msun).value, 10.0 ** m.value, rtol=1e-5)
 
 
-@pytest.mark.parametrize("settings_file", SETTINGS_FILES)
+@pytest.mark.parametrize("settings_file", (CURRENT_SETTINGS_FILE, LEGACY_SETTINGS_FILE))
 def test_fits_header_documents_units_for_other_readers(tmp_path, settings_file):
     cat = str(tmp_path / "cat")
     _write_catalog(cat, _catalog_table(np.random.default_rng(1)), shards=1,

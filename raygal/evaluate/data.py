@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..infer import SETTINGS_FILE, catalog_shards
+from ..catalog import SETTINGS_FILE, catalog_shards
 from ..inputs import STATUS_OK, phot_matrix
 from ..pipelines import hash_unit, split_of
 from ..schema import ID_COLUMN, MAG_COLUMNS, TARGETS

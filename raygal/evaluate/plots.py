@@ -36,7 +36,7 @@ TRUTH_REFERENCE = ("the truth as faint grey points (black 68/95 % contours when 
 
 def unit_tex(unit: str) -> str:
     """A schema unit string as matplotlib mathtext."""
-    u = unit.replace("1e-17 erg/s/cm^2", r"$10^{-17}$ erg s$^{-1}$ cm$^{-2}$")
+    u = unit.replace("1e-17 erg / (s cm2)", r"$10^{-17}$ erg s$^{-1}$ cm$^{-2}$")
     return u.replace("Msun", r"M$_\odot$")
 
 

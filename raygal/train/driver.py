@@ -118,6 +118,7 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    cfg.check_trainable()
     data_uri = cfg.data
     uses_image = "image" in parse_inputs(cfg.inputs)
     if cfg.model == "nf" and uses_image:
