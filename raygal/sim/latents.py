@@ -74,6 +74,10 @@ LATENTS: tuple[Latent, ...] = (
            lambda c: c["psf_fwhm"]),
     Latent("lat_sky_scale", "", "sky brightness relative to the band's dark-sky value",
            lambda c: c["sky_scale"]),
+    Latent("lat_fibre_seeing", "arcsec", "seeing FWHM of the spectroscopic exposure (not the "
+           "image's)", lambda c: c["fibre_seeing"]),
+    Latent("lat_fibre_fraction_r", "", "share of the r-band light inside the 3\" fibre "
+           "during the spectroscopic exposure", lambda c: c["fibre_r"]),
 )
 
 LATENT_NAMES = tuple(lat.name for lat in LATENTS)

@@ -38,6 +38,8 @@ def draw_morphology(rng: np.random.Generator, cat: dict, flux_young: np.ndarray,
 
     flux_young, flux_old: [N, 5] ugriz nanomaggies of the two stellar populations.
     Returns [N] (or [N, K], [N, 5]) arrays: bulge_fraction_r (actual r-band B/T),
+    bulge_old_share (share of the old stars in the bulge; the rest, and all young stars, are
+    in the disk),
     flux_bulge / flux_disk / flux_knots [N, 5], r_bulge, r_disk (arcsec), q_bulge, q_disk,
     knot_x, knot_y (arcsec), knot_w [N, K], knot_sigma (arcsec), n_knots, knot_fraction
     (share of the total r light in knots), lane_depth [N, 3] (g, r, i), lane_width, lane_length
@@ -93,7 +95,7 @@ def draw_morphology(rng: np.random.Generator, cat: dict, flux_young: np.ndarray,
     lane_width = 0.3 * r_disk * q_disk
     lane_length = 1.2 * r_disk
 
-    return dict(bulge_fraction_r=bt_r, flux_bulge=flux_bulge, flux_disk=flux_disk,
+    return dict(bulge_fraction_r=bt_r, bulge_old_share=f_bulge_old, flux_bulge=flux_bulge, flux_disk=flux_disk,
                 flux_knots=flux_knots, r_bulge=r_bulge, r_disk=r_disk, q_bulge=q_bulge,
                 q_disk=q_disk, knot_x=knot_x, knot_y=knot_y, knot_w=w, knot_sigma=knot_sigma,
                 n_knots=n_knots,

@@ -93,10 +93,14 @@ BALMER_DECREMENT = 2.86
 AGN_BALMER_DECREMENT = 3.1
 KENNICUTT_CHABRIER = 7.9e-42 * 0.63  # Msun/yr per erg/s of Halpha
 LINE_WAVE = {"halpha": 6562.8, "hbeta": 4861.3, "nii": 6583.4, "oiii": 5006.8}
-FIBRE_RADIUS_ARCSEC = 1.5
-FIBRE_SEEING_FWHM = 1.5
 LINE_NOISE = 2.0  # 1e-17 erg/s/cm^2 per line in the fibre
 LINE_SNR_MIN = 3.0
+
+# --- the SDSS fibre (``aperture``) ---------------------------------------------------------
+METALLICITY_GRADIENT = -0.1  # dex per r_e (Sanchez et al. 2014)
+FIBRE_REF_RADIUS = 0.49      # median mean r / r_e of the disk light in the fibres of
+                             # galaxies with a measured metallicity (survey seed 11)
+DN4000_SCATTER = 0.03
 
 # --- structure ------------------------------------------------------------------------------
 DISK_THICKNESS = 0.15  # intrinsic axis ratio q0 of disks (Unterborn & Ryden 2008)
@@ -249,7 +253,8 @@ def draw_stellar_populations(rng: np.random.Generator, logm: np.ndarray, z: np.n
 
     Returns a dict of [N] arrays: is_quenched, log_sfr, delta_ms, mass_young, mass_old,
     age_mix, cos_i, inclination (rad), position_angle (rad), dn4000_nodust, bulge_fraction
-    (target B/T in r-band light, before the old-light cap), av, av_stars, dn4000,
+    (target B/T in r-band light, before the old-light cap), av, av_stars, dn4000_global (the
+    whole galaxy's, noise-free; the catalogue's Dn(4000) is the fibre's, ``fibre_dn4000``),
     r_e_kpc, r_e_arcsec.
     """
     n = len(logm)
@@ -279,7 +284,7 @@ def draw_stellar_populations(rng: np.random.Generator, logm: np.ndarray, z: np.n
     av = dust_av(logm, delta_ms, cos_i, bt, quenched) * 10 ** (0.15 * rng.standard_normal(n))
     av = np.clip(av, 0.0, 4.0)
     av_stars = photometry.STELLAR_DUST_FRACTION * av
-    dn = photometry.dn4000(mass_young, mass_old, age_mix, av_stars) + 0.03 * rng.standard_normal(n)
+    dn = photometry.dn4000(mass_young, mass_old, age_mix, av_stars)
 
     r_med, s_ln = shen03_radius_kpc(logm, bt)
     r_e_kpc = r_med * np.exp(s_ln * rng.standard_normal(n))
@@ -287,7 +292,7 @@ def draw_stellar_populations(rng: np.random.Generator, logm: np.ndarray, z: np.n
     return dict(is_quenched=quenched, log_sfr=log_sfr, delta_ms=delta_ms,
                 mass_young=mass_young, mass_old=mass_old, age_mix=age_mix, cos_i=cos_i,
                 inclination=np.arccos(cos_i), position_angle=pa, dn4000_nodust=dn_nodust,
-                bulge_fraction=bt, av=av, av_stars=av_stars, dn4000=dn, r_e_kpc=r_e_kpc,
+                bulge_fraction=bt, av=av, av_stars=av_stars, dn4000_global=dn, r_e_kpc=r_e_kpc,
                 r_e_arcsec=r_e_arcsec)
 
 
@@ -312,19 +317,37 @@ def halpha_luminosity(log_sfr) -> np.ndarray:
     return 10.0 ** np.asarray(log_sfr) / KENNICUTT_CHABRIER
 
 
-def fibre_fraction(r_e_arcsec) -> np.ndarray:
-    """Fraction of a galaxy's light in a 3" fibre (Gaussian approximation, 1.5" seeing)."""
-    r_h2 = np.asarray(r_e_arcsec) ** 2 + (FIBRE_SEEING_FWHM / 2) ** 2
-    return 1.0 - 2.0 ** (-(FIBRE_RADIUS_ARCSEC**2) / r_h2)
+def fibre_metallicity(oh12_ref, disk_radius) -> np.ndarray:
+    """12+log(O/H) [N] of the gas seen through the fibre, whose light-weighted mean radius is
+    ``disk_radius`` r_e (``aperture.disk_mean_radius``), on a gradient of METALLICITY_GRADIENT
+    dex per r_e through ``oh12_ref``, the value at the survey's median radius
+    FIBRE_REF_RADIUS; clipped to the schema's 7.0-9.8."""
+    return np.clip(oh12_ref + METALLICITY_GRADIENT * (np.asarray(disk_radius)
+                                                     - FIBRE_REF_RADIUS), 7.0, 9.8)
+
+
+def fibre_dn4000(rng: np.random.Generator, pops: dict, fibre: dict) -> np.ndarray:
+    """Dn(4000) [N] of the light in the fibre, plus DN4000_SCATTER: the young stars (all in
+    the disk) weighted by the disk's share inside the fibre, the old stars by theirs
+    (``fibre['fibre_old']``: bulge and disk). ``pops``: mass_young, mass_old, age_mix,
+    av_stars [N]."""
+    n = len(pops["mass_young"])
+    dn = photometry.dn4000(pops["mass_young"] * fibre["fibre_disk"],
+                           pops["mass_old"] * fibre["fibre_old"], pops["age_mix"],
+                           pops["av_stars"])
+    return dn + DN4000_SCATTER * rng.standard_normal(n)
 
 
 def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, quenched,
-               r_e_arcsec) -> dict:
-    """Emission lines [N] in 1e-17 erg/s/cm^2 (noise-free, total, dust-attenuated) and the
-    metallicity-detectability label.
+               fibre: dict) -> dict:
+    """Emission lines [N] in 1e-17 erg/s/cm^2 (noise-free, dust-attenuated, inside the 3"
+    fibre) and the metallicity-detectability label.
 
-    Returns flux_halpha, flux_hbeta, flux_nii, flux_oiii, is_agn, oh12_detectable, and the
-    fibre S/N of each line (snr_<line>).
+    oh12: the gas metallicity seen through the fibre. fibre: ``aperture.fibre_shares``; the
+    star-forming gas follows the disk, retired-galaxy emission the old stars, an AGN is a
+    point source.
+    Returns flux_halpha, flux_hbeta, flux_nii, flux_oiii, is_agn, oh12_detectable, the
+    fibre S/N of each line (snr_<line>) and the whole galaxy's Halpha (flux_halpha_total).
     """
     n = len(logm)
     dl = cosmology.luminosity_distance_cm(z)
@@ -339,6 +362,10 @@ def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, qu
     o3_ret = 0.0 + 0.2 * rng.standard_normal(n)
     n2_sf = np.where(quenched, n2_ret, n2_hii)
     o3_sf = np.where(quenched, o3_ret, o3_hii)
+    # Inside the fibre: HII regions follow the disk, retired emission the old stars.
+    f_gas = np.where(quenched, fibre["fibre_old"], fibre["fibre_disk"])
+    ha_sf_total = ha_sf
+    ha_sf, hb_sf = ha_sf * f_gas, hb_sf * f_gas
     nii = ha_sf * 10.0**n2_sf
     oiii = hb_sf * 10.0**o3_sf
     ha, hb = ha_sf, hb_sf
@@ -350,7 +377,7 @@ def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, qu
     hb_agn = l_oiii_agn / 10.0 ** (0.6 + 0.2 * rng.standard_normal(n))
     ha_agn = AGN_BALMER_DECREMENT * hb_agn
     nii_agn = ha_agn * 10.0 ** (0.15 * rng.standard_normal(n))
-    agn = is_agn.astype(np.float64)
+    agn = is_agn.astype(np.float64) * fibre["fibre_point"]
     ha = ha + agn * ha_agn
     hb = hb + agn * hb_agn
     nii = nii + agn * nii_agn
@@ -362,12 +389,14 @@ def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, qu
         a_line = av * float(photometry.cardelli_a_over_av(LINE_WAVE[name]))
         out[f"flux_{name}"] = lum * 10.0 ** (-0.4 * a_line) * to_flux
 
+    a_ha = av * float(photometry.cardelli_a_over_av(LINE_WAVE["halpha"]))
+    out["flux_halpha_total"] = (ha_sf_total + is_agn * ha_agn) * 10.0 ** (-0.4 * a_ha) * to_flux
+
     # Detectability of the metallicity (MPA-JHU-like): fibre S/N > 3 in the four BPT lines and
     # a star-forming BPT classification from the noisy ratios.
-    ffib = fibre_fraction(r_e_arcsec)
     meas = {}
     for name in LINE_WAVE:
-        f = out[f"flux_{name}"] * ffib
+        f = out[f"flux_{name}"]
         meas[name] = f + LINE_NOISE * rng.standard_normal(n)
         out[f"snr_{name}"] = f / LINE_NOISE
     snr_ok = np.all([meas[k] > LINE_SNR_MIN * LINE_NOISE for k in LINE_WAVE], axis=0)

@@ -33,10 +33,10 @@ import torch
 
 from ..schema import (BANDS, CUTOUT_BANDS, MAG_COLUMNS, MAGERR_COLUMNS, SDSS_PIXEL_SCALE,
                       TARGET_NAMES, Flag, galaxy_schema, synthetic_objid)
-from . import cosmology, images, morphology, photometry, physics
+from . import aperture, cosmology, images, morphology, photometry, physics
 from .latents import LATENT_NAMES, latent_arrays, latent_fields
 
-GENERATOR = "raygal.sim/1"
+GENERATOR = "raygal.sim/2"
 CHUNK_SIZE = 256           # galaxies per deterministic chunk
 ROUND_SIZE = 1024          # candidates drawn per selection round
 Z_MIN, Z_MAX = 0.01, 0.3
@@ -169,13 +169,19 @@ def generate_chunk(seed: int, chunk: int, image_size: int | None = 64) -> dict:
     cat = _concat(kept)
     n = CHUNK_SIZE
 
-    # Properties that do not affect the selection, drawn for the kept galaxies only.
+    # Properties that do not affect the selection, drawn for the kept galaxies only. The
+    # structure comes first: what the spectroscopic fibre sees depends on it.
+    cat.update(morphology.draw_morphology(rng, cat, cat["flux_young"], cat["flux_old"]))
+    cat["fibre_seeing"] = morphology.draw_seeing(rng, n)
+    cat.update(aperture.fibre_shares(cat, cat["fibre_seeing"]))
     cat.update(physics.draw_dynamics(rng, cat["log_mstar"], cat["bulge_fraction"]))
-    cat["oh12_true"] = physics.draw_metallicity(rng, cat["log_mstar"], cat["delta_ms"])
+    oh12_ref = physics.draw_metallicity(rng, cat["log_mstar"], cat["delta_ms"])
+    cat["oh12_re"] = physics.fibre_metallicity(oh12_ref, 1.0)
+    cat["oh12_true"] = physics.fibre_metallicity(oh12_ref, cat["fibre_disk_radius"])
     cat.update(physics.draw_lines(rng, cat["log_mstar"], cat["log_sfr"], cat["oh12_true"],
                                   cat["av"], cat["z"], cat["log_mbh"], cat["is_quenched"],
-                                  cat["r_e_arcsec"]))
-    cat.update(morphology.draw_morphology(rng, cat, cat["flux_young"], cat["flux_old"]))
+                                  cat))
+    cat["dn4000"] = physics.fibre_dn4000(rng, cat, cat)
     cat["ra"] = rng.uniform(*RA_RANGE, n)
     s0, s1 = np.sin(np.radians(DEC_RANGE))
     cat["dec"] = np.degrees(np.arcsin(rng.uniform(s0, s1, n)))
@@ -220,7 +226,9 @@ TRUTH_KEYS = (
     "inclination", "cos_i", "position_angle", "bulge_fraction_r", "r_e_arcsec", "r_e_kpc",
     "r_bulge", "r_disk", "q_bulge", "q_disk", "n_knots", "knot_fraction", "age_mix",
     "mass_young", "av_stars", "psf_fwhm", "sky_scale", "mag_true", "snr_halpha",
-    "snr_hbeta", "snr_nii", "snr_oiii", "lane_depth",
+    "snr_hbeta", "snr_nii", "snr_oiii", "lane_depth", "oh12_re", "dn4000_global",
+    "flux_halpha_total", "fibre_seeing", "fibre_bulge", "fibre_disk", "fibre_old",
+    "fibre_point", "fibre_r", "fibre_disk_radius",
 )
 
 
