@@ -39,6 +39,19 @@ _LOG_X = np.linspace(np.log(0.01), np.log(50.0), 161)   # ln(r_e / R)
 _W = np.linspace(0.2, 2.6, 49)                           # FWHM / R
 
 
+def _special(name: str, *args) -> np.ndarray:
+    """A ``torch.special`` function on numpy arrays, in float64."""
+    import torch
+
+    t = [torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in args]
+    return getattr(torch.special, name)(*t).numpy()
+
+
+def gammainc(s, x) -> np.ndarray:
+    """Regularised lower incomplete gamma function P(s, x)."""
+    return _special("gammainc", np.full(np.shape(x), float(s)), x)
+
+
 def _k_grid() -> tuple[np.ndarray, np.ndarray]:
     """Wavenumbers (cycles per R; fine near 0 for large galaxies) and trapezoid weights."""
     k = np.concatenate([np.linspace(0.0, 0.02, 201)[:-1], np.linspace(0.02, 14.0, 3500)])
@@ -53,10 +66,8 @@ def _k_grid() -> tuple[np.ndarray, np.ndarray]:
 def enclosed_tables() -> dict[str, np.ndarray]:
     """{'exp', 'dev': [X, W], 'point': [W]} shares of the light inside radius R, on the grids
     ln(r_e / R) = ``_LOG_X`` and FWHM / R = ``_W`` (built once per process, ~0.1 s)."""
-    from scipy.special import j1
-
     k, wts = _k_grid()
-    kernel = wts * 2 * np.pi * j1(2 * np.pi * k)                  # [K]
+    kernel = wts * 2 * np.pi * _special("bessel_j1", 2 * np.pi * k)  # [K]
     psf = images.profile_transform("moffat", _W[:, None] * k[None, :])  # [W, K]
     out = {"point": np.clip(psf @ kernel, 0.0, 1.0)}
     x = np.exp(_LOG_X)
@@ -96,8 +107,6 @@ def enclosed_fraction(profile: str, r_e_arcsec, q, fwhm_arcsec,
 @lru_cache(maxsize=1)
 def _disk_radius_table() -> tuple[np.ndarray, np.ndarray]:
     """(share inside, mean r / r_e of that light) of an exponential disk for x = R / h."""
-    from scipy.special import gammainc
-
     from .images import SERSIC_B1
 
     x = np.geomspace(1e-3, 60.0, 2000)

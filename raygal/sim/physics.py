@@ -43,7 +43,10 @@ Relations and sources
 * Velocity dispersion: sigma proportional to M^0.3 above 10^10.3 Msun (Zahid et al. 2016,
   ApJ 832, 203), normalised to ~160 km/s at 10^11 Msun for a B/T = 0.5 galaxy, flattening to
   M^0.2 below the break; +0.12 dex per unit B/T (bulge-dominated galaxies are hotter at fixed
-  mass); 0.06 dex scatter.
+  mass); at fixed mass, compact galaxies are hotter as the virial theorem has it,
+  sigma^2 ~ M / R_e (the mass plane of Cappellari et al. 2013, MNRAS 432, 1862; the inferred
+  dispersions of Bezanson et al. 2011, ApJ 737, L31): -0.5 dex per dex of the galaxy's size
+  offset from the Shen et al. (2003) median; 0.03 dex further scatter.
 * Black-hole mass: McConnell & Ma (2013, ApJ 764, 184):
   log M_BH = 8.32 + 5.64 log10(sigma / 200 km/s), intrinsic scatter 0.38 dex.
 * Halpha: Kennicutt (1998, ARA&A 36, 189) SFR = 7.9e-42 L(Halpha) (Salpeter), x 0.63 for a
@@ -106,6 +109,8 @@ DN4000_SCATTER = 0.03
 DISK_THICKNESS = 0.15  # intrinsic axis ratio q0 of disks (Unterborn & Ryden 2008)
 INCLINATION_GAMMA = 1.5
 MBH_SCATTER = 0.38
+VIRIAL_SIZE_SLOPE = -0.5  # d log sigma / d log R_e at fixed mass (sigma^2 ~ M / R_e)
+SIGMA_SCATTER = 0.03      # dex, beyond the size term
 
 
 def mass_function(logm) -> np.ndarray:
@@ -296,11 +301,14 @@ def draw_stellar_populations(rng: np.random.Generator, logm: np.ndarray, z: np.n
                 r_e_arcsec=r_e_arcsec)
 
 
-def draw_dynamics(rng: np.random.Generator, logm: np.ndarray, bulge_fraction: np.ndarray
-                  ) -> dict:
-    """sigma_v (km/s) and log M_BH [N] from mass and bulge fraction."""
+def draw_dynamics(rng: np.random.Generator, logm: np.ndarray, bulge_fraction: np.ndarray,
+                  r_e_kpc: np.ndarray) -> dict:
+    """sigma_v (km/s) and log M_BH [N] from mass, bulge fraction and size (virial term)."""
     n = len(logm)
-    log_sigma = velocity_dispersion(logm, bulge_fraction) + 0.06 * rng.standard_normal(n)
+    r_med, _ = shen03_radius_kpc(logm, bulge_fraction)
+    size_offset = np.log10(np.asarray(r_e_kpc) / r_med)
+    log_sigma = (velocity_dispersion(logm, bulge_fraction) + VIRIAL_SIZE_SLOPE * size_offset
+                 + SIGMA_SCATTER * rng.standard_normal(n))
     sigma = 10.0 ** log_sigma
     log_mbh = mcconnell_ma_mbh(sigma) + MBH_SCATTER * rng.standard_normal(n)
     return dict(sigma_v=sigma, log_mbh=log_mbh)

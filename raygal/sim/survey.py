@@ -174,7 +174,8 @@ def generate_chunk(seed: int, chunk: int, image_size: int | None = 64) -> dict:
     cat.update(morphology.draw_morphology(rng, cat, cat["flux_young"], cat["flux_old"]))
     cat["fibre_seeing"] = morphology.draw_seeing(rng, n)
     cat.update(aperture.fibre_shares(cat, cat["fibre_seeing"]))
-    cat.update(physics.draw_dynamics(rng, cat["log_mstar"], cat["bulge_fraction"]))
+    cat.update(physics.draw_dynamics(rng, cat["log_mstar"], cat["bulge_fraction"],
+                                     cat["r_e_kpc"]))
     oh12_ref = physics.draw_metallicity(rng, cat["log_mstar"], cat["delta_ms"])
     cat["oh12_re"] = physics.fibre_metallicity(oh12_ref, 1.0)
     cat["oh12_true"] = physics.fibre_metallicity(oh12_ref, cat["fibre_disk_radius"])
