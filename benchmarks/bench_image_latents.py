@@ -8,7 +8,7 @@ the test R^2 of each latent. It also prints the R^2 of two simple image moments 
 axis ratio against the disk axis ratio, light-weighted radius against the half-light radius)
 as a model-free check.
 
-    python benchmarks/bench_image_latents.py               # 6000 galaxies, ~10 minutes
+    python benchmarks/bench_image_latents.py               # 4000 galaxies, 20 epochs
     python benchmarks/bench_image_latents.py --quick       # seconds; what the tests run
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _cnn(n_out: int, width: int):
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, n_out))
 
 
-def fit_cnn(x_tr, y_tr, x_va, y_va, *, width=16, epochs=30, lr=2e-3, batch=64, seed=0):
+def fit_cnn(x_tr, y_tr, x_va, y_va, *, width=16, epochs=20, lr=2e-3, batch=64, seed=0):
     """MSE regression of standardised y [N, L] from x [N, 3, S, S] with random flips and
     right-angle rotations (the latents do not change under them except the position angle,
     which is not regressed); returns the model at its best validation epoch."""
@@ -126,10 +126,10 @@ def moment_checks(images: np.ndarray, raw: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=6000)
+    p.add_argument("--n", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true", help="tiny run (for the tests)")
     args = p.parse_args(argv)

@@ -21,7 +21,9 @@ Relations and sources
   fundamental-metallicity-relation term of Mannucci et al. (2010, MNRAS 408, 2115) written
   relative to the main sequence, so at fixed mass galaxies above the sequence are metal-poorer
   while the median at Delta_MS = 0 is exactly T04. x is clipped to [8.0, 11.5] (T04's turnover)
-  and 0.1 dex intrinsic scatter added (T04's scatter).
+  and 0.1 dex intrinsic scatter added (T04's scatter). T04 measured metallicities through 3"
+  fibres, so this is the fibre value of a galaxy whose fibre covers the survey's typical part
+  of its disk (see "The SDSS fibre" below).
 * Dust: the mass dependence of Halpha attenuation of Garn & Best (2010, MNRAS 409, 421),
   A_Halpha = 0.91 + 0.77 X + 0.11 X^2 - 0.09 X^3, X = log M - 10, converted to A_V with
   Cardelli et al. (1989); rising with SFR at fixed mass (x 10^(0.3 Delta_MS)) and with disk
@@ -33,7 +35,7 @@ Relations and sources
   populations whose old share rises with mass and is higher in quenched galaxies (downsizing).
 * Dn(4000): computed from the young + old stellar mix (``photometry.dn4000``), so it rises
   from ~1.1 (young) to ~2.05 (old) as sSFR falls (cf. Kauffmann et al. 2003a, Brinchmann et al.
-  2004), plus 0.03 of scatter.
+  2004), plus 0.03 of scatter; measured on the stars inside the fibre (below).
 * Bulge fraction: rises with the dust-free Dn(4000) (old, quiescent galaxies are bulge
   dominated; Kauffmann et al. 2003a), capped by the old stars' share of the light.
 * Size: Shen et al. (2003, MNRAS 343, 978) r-band half-light radius - mass relations, late
@@ -67,12 +69,25 @@ Relations and sources
   N(0.6, 0.2), Halpha/Hbeta = 3.1 (Osterbrock & Ferland 2006), log([N II]/Halpha)_AGN ~
   N(0.0, 0.15). Quenched galaxies' weak lines have LINER-like ("retired") ratios
   (Cid Fernandes et al. 2011): log [N II]/Halpha ~ N(0.1, 0.15), log [O III]/Hbeta ~ N(0, 0.2).
+* The SDSS fibre (``aperture``): as in the MPA-JHU catalogue, the line fluxes, Dn(4000) and
+  12+log(O/H) are those of the light inside the 3" fibre, whose share of each component
+  (bulge, disk, nucleus) depends on its size, distance, shape and the seeing of the
+  spectroscopic exposure (drawn like the imaging seeing but independently: another night)
+  (aperture bias: Kewley, Jansen & Geller 2005, PASP 117, 227;
+  Brinchmann et al. 2004, MNRAS 351, 1151 correct the SFR for it; the mock's SFR is the total).
+  The young stars and the star-forming gas follow the disk, the old stars the bulge and the
+  disk, retired-galaxy emission the old stars, an AGN is a point source. So the fibre of a large
+  nearby galaxy sees mostly its bulge: its Dn(4000) is older than the whole galaxy's and its
+  lines are a small share of the total. Gas metallicity falls by 0.1 dex per r_e (the common
+  gradient of Sanchez et al. 2014, A&A 563, A49): the fibre metallicity is the value at the
+  light-weighted mean radius of the disk light inside the fibre, fixed to the mass-metallicity
+  relation at that radius's survey median (FIBRE_REF_RADIUS), so a fibre that sees only the
+  centre reads up to ~0.05 dex high and one that sees the whole disk ~0.07 dex low.
 * Metallicity detectability (the ``oh12`` non-null label): as in the MPA-JHU catalogue,
-  12+log(O/H) is measured only for galaxies with S/N > 3 in Halpha, Hbeta, [N II] and [O III]
-  whose (noisy) line ratios lie below the Kauffmann et al. (2003b) line. Line S/N is computed
-  for a 3" SDSS fibre: the fibre collects 1 - 2^-(1.5"/r_h)^2 of the light (a Gaussian with
-  half-light radius r_h = sqrt(r_e^2 + 0.75"^2)), with 2e-17 erg/s/cm^2 of noise per line.
-  The stored line fluxes are the noise-free total (aperture-corrected) fluxes.
+  12+log(O/H) is measured only for galaxies with S/N > 3 in the fibre's Halpha, Hbeta,
+  [N II] and [O III] (2e-17 erg/s/cm^2 of noise per line) whose (noisy) line ratios lie below
+  the Kauffmann et al. (2003b) line. The stored line fluxes are the noise-free fibre fluxes
+  (not aperture-corrected, like MPA-JHU's).
 """
 from __future__ import annotations
 
