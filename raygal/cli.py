@@ -64,7 +64,8 @@ def cmd_simulate(args) -> int:
 
     t0 = time.perf_counter()
     m = simulate(args.n, args.out, image_size=args.image_size, seed=args.seed,
-                 rows_per_shard=args.rows_per_shard, with_images=not args.no_images)
+                 rows_per_shard=args.rows_per_shard, with_images=not args.no_images,
+                 with_latents=args.with_latents)
     dt = time.perf_counter() - t0
     print(f"simulated {m['num_rows']} galaxies into {len(m['shards'])} shard(s) at {args.out} "
           f"in {dt:.1f} s ({m['num_rows'] / dt:.0f} galaxies/s)")
@@ -355,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows-per-shard", type=int, default=4096,
                    help="rows per Parquet shard (default 4096)")
     s.add_argument("--no-images", action="store_true", help="photometry and targets only")
+    s.add_argument("--with-latents", action="store_true",
+                   help="also write the lat_* columns the images are made from (inclination, "
+                        "B/T, sizes, knots, dust lane, seeing; see raygal.sim.latents); never "
+                        "model inputs")
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("ingest", help="SDSS catalogs and cutouts -> sharded Parquet")

@@ -15,8 +15,9 @@ import pytest
 
 from raygal import shards
 from raygal.schema import MAG_COLUMNS, TARGET_NAMES, galaxy_schema
-from raygal.sim import CHUNK_SIZE, R_LIMIT, simulate, simulate_batch
-from raygal.sim import photometry, physics
+from raygal.sim import (CHUNK_SIZE, LATENT_NAMES, LATENT_PREFIX, R_LIMIT, simulate,
+                        simulate_batch)
+from raygal.sim import aperture, photometry, physics
 from raygal.sim.survey import DEC_RANGE, RA_RANGE, Z_MAX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -358,6 +359,10 @@ def test_simulate_without_images(tmp_path):
     m = simulate(300, str(tmp_path / "cat"), with_images=False, seed=1)
     assert m["num_rows"] == 300 and m["cutout_shape"] is None
     assert m["extra"]["image_size"] is None
+    # Latent columns only on request.
+    assert "latent_columns" not in m["extra"]
+    names = shards.read_schema(str(tmp_path / "cat")).names
+    assert not [c for c in names if c.startswith(LATENT_PREFIX)]
 
 
 def test_benchmark_quick():
@@ -367,3 +372,126 @@ def test_benchmark_quick():
     res = mod.main(["--quick"])
     assert res["images_galaxies_per_s_per_core"] > 0
     assert res["catalog_galaxies_per_s_per_core"] > res["images_galaxies_per_s_per_core"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Latent morphology columns
+# ----------------------------------------------------------------------------------------------
+
+def test_latent_columns_are_extra_documented_and_consistent():
+    """with_latents adds exactly the lat_* columns (float32, unit + description, no nulls,
+    finite) after the standard ones and changes nothing else; they agree with the truth the
+    images are rendered from."""
+    plain = simulate_batch(300, with_images=False, seed=3)
+    t, truth = simulate_batch(300, with_images=False, seed=3, with_latents=True,
+                              return_truth=True)
+    lat = [c for c in t.column_names if c.startswith(LATENT_PREFIX)]
+    assert tuple(lat) == LATENT_NAMES and t.column_names[-len(lat):] == lat
+    assert t.drop_columns(lat).equals(plain)
+    for name in lat:
+        f = t.schema.field(name)
+        assert f.type == pa.float32(), name
+        assert f.metadata[b"description"] and b"unit" in f.metadata, name
+        assert t.column(name).null_count == 0 and np.isfinite(_np(t, name)).all(), name
+    inc = np.radians(_np(t, "lat_inclination"))
+    assert np.allclose(_np(t, "lat_q_disk"), physics.disk_axis_ratio(np.cos(inc)), atol=1e-4)
+    assert np.allclose(_np(t, "lat_r_e_pix") * 0.396, truth["r_e_arcsec"], rtol=1e-5)
+    assert np.allclose(_np(t, "lat_bulge_fraction_r"), truth["bulge_fraction_r"], atol=1e-5)
+    assert np.allclose(_np(t, "lat_fibre_fraction_r"), truth["fibre_r"], atol=1e-5)
+    # With images too, the catalogue part is the same.
+    ti = simulate_batch(20, image_size=64, seed=3, with_latents=True)
+    assert ti.drop_columns(["cutout"]).equals(t.slice(0, 20))
+
+
+def test_simulate_cli_with_latents(tmp_path):
+    from raygal.cli import main
+
+    out = str(tmp_path / "lat")
+    assert main(["simulate", "--n", "300", "--no-images", "--with-latents", "--seed", "4",
+                 "--out", out]) == 0
+    m = shards.read_manifest(out)
+    assert m["extra"]["latent_columns"] == list(LATENT_NAMES)
+    t = shards.read_table(out)
+    assert set(LATENT_NAMES) <= set(t.column_names)
+    assert t.drop_columns(list(LATENT_NAMES)).equals(
+        simulate_batch(300, with_images=False, seed=4))
+
+
+def test_pipeline_ignores_latents():
+    """Latents are never model inputs: training selects its columns by name, and the
+    photometric features, targets, row status and normalisation statistics of a batch are
+    the same with or without them."""
+    from raygal.inputs import (StatsAccumulator, as_numpy_batch, phot_matrix, row_status,
+                               target_matrix)
+    from raygal.train.config import TrainConfig
+    from raygal.train.driver import training_columns
+
+    t = simulate_batch(300, image_size=64, seed=6, with_latents=True)
+    for model, inputs in (("cfm", "image+phot"), ("nf", "phot"), ("gaussian", "phot")):
+        cfg = TrainConfig(model=model, data="unused", out="unused", inputs=inputs)
+        assert not [c for c in training_columns(cfg, t.column_names)
+                    if c.startswith(LATENT_PREFIX)]
+    full = as_numpy_batch(t)
+    bare = as_numpy_batch(t.drop_columns(list(LATENT_NAMES)))
+    assert np.array_equal(phot_matrix(full), phot_matrix(bare))
+    assert np.array_equal(target_matrix(full, TARGET_NAMES), target_matrix(bare, TARGET_NAMES),
+                          equal_nan=True)
+    assert np.array_equal(row_status(full, True), row_status(bare, True))
+    a = StatsAccumulator().update(full).finalize().to_dict()
+    b = StatsAccumulator().update(bare).finalize().to_dict()
+    assert a == b
+
+
+# ----------------------------------------------------------------------------------------------
+# The SDSS fibre
+# ----------------------------------------------------------------------------------------------
+
+def test_enclosed_fraction_against_closed_forms():
+    """An exponential disk holds P(2, R/h) of its light within R (seeing 0.3", a fifth of the
+    fibre radius, blurs it by < 1.5 %); a point source's share is the PSF's; shares fall with
+    size and with seeing."""
+    from raygal.sim.aperture import gammainc
+    from raygal.sim.images import SERSIC_B1
+
+    r_e = np.array([0.5, 1.5, 5.0, 15.0, 30.0])
+    exact = gammainc(2, aperture.FIBRE_RADIUS_ARCSEC / (r_e / SERSIC_B1))
+    got = aperture.enclosed_fraction("exp", r_e, np.ones(5), np.full(5, 0.3))
+    assert np.allclose(got, exact, rtol=0.015)
+    # A tiny galaxy is a point source.
+    seeing = np.array([0.9, 1.4, 2.0])
+    point = aperture.enclosed_fraction("point", None, None, seeing)
+    assert np.all(np.diff(point) < 0) and 0.6 < point[-1] < point[0] < 1.0
+    for prof in ("exp", "dev"):
+        tiny = aperture.enclosed_fraction(prof, np.full(3, 0.02), np.ones(3), seeing)
+        assert np.allclose(tiny, point, atol=0.01), prof
+        sizes = aperture.enclosed_fraction(prof, np.geomspace(0.1, 20, 30), np.ones(30),
+                                           np.full(30, 1.4))
+        assert np.all(np.diff(sizes) < 0), prof
+    # Half the light inside r_e (de Vaucouleurs truncated at 7-8 r_e: a little more).
+    half = aperture.enclosed_fraction("dev", np.array([1.5]), np.ones(1), np.array([0.3]))
+    assert 0.49 < half[0] < 0.55
+    assert aperture.disk_mean_radius(np.array([0.9999]))[0] == pytest.approx(2 / SERSIC_B1,
+                                                                             rel=0.01)
+
+
+def test_fibre_aperture_bias(cat):
+    """Line fluxes, Dn(4000) and 12+log(O/H) are measured inside the 3" fibre: lines are the
+    fibre's share of the total (the disk's for star-forming gas), the share falls with angular
+    size, the fibre Dn(4000) is older than the whole galaxy's where the fibre favours the
+    bulge, and the fibre metallicity is higher where it sees only the centre (-0.1 dex per
+    r_e)."""
+    _, d, truth = cat
+    sf = ~truth["is_quenched"] & ~truth["is_agn"]
+    ratio = d["flux_halpha"][sf] / truth["flux_halpha_total"][sf]
+    assert np.allclose(ratio, truth["fibre_disk"][sf], rtol=1e-4)
+    assert _rank_corr(truth["r_e_arcsec"], truth["fibre_r"]) < -0.8
+    assert 0.25 < np.median(truth["fibre_r"]) < 0.6  # SDSS fibres see about a third
+    comp = (truth["bulge_fraction_r"] > 0.15) & (truth["bulge_fraction_r"] < 0.7)
+    excess = truth["fibre_old"] - truth["fibre_disk"]
+    d_dn = d["dn4000"] - truth["dn4000_global"]
+    assert _rank_corr(excess[comp], d_dn[comp]) > 0.4
+    d_oh = truth["oh12_true"] - truth["oh12_re"]
+    inside = (truth["oh12_true"] > 7.01) & (truth["oh12_true"] < 9.79)
+    expect = physics.METALLICITY_GRADIENT * (truth["fibre_disk_radius"] - 1.0)
+    assert np.allclose(d_oh[inside], expect[inside], atol=2e-6)
+    assert _rank_corr(truth["r_e_arcsec"], d_oh) > 0.8

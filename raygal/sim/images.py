@@ -118,6 +118,16 @@ def _lookup(name: str, kappa2: torch.Tensor) -> torch.Tensor:
     return torch.take(tab[name], i0).addcmul_(torch.take(tab[name + "_d"], i0), x)
 
 
+def profile_transform(name: str, kappa) -> np.ndarray:
+    """Normalised 2-d Fourier transform (1 at kappa = 0) of a circular profile at ``kappa``
+    (any shape): 'dev' (de Vaucouleurs, kappa in cycles per half-light radius), 'exp'
+    (exponential, the same units; analytic) or 'moffat' (the PSF, cycles per FWHM)."""
+    k = torch.as_tensor(np.asarray(kappa), dtype=torch.float32)
+    if name == "exp":
+        return ((1.0 + (2 * math.pi * k / SERSIC_B1) ** 2) ** -1.5).double().numpy()
+    return _lookup(name, k * k).double().numpy()
+
+
 # ----------------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------------

@@ -8,21 +8,61 @@ The choices tie the image to physical quantities that integrated photometry cons
   across inclined dusty disks;
 * bulge-to-total light <- Dn(4000) (``physics.draw_stellar_populations``), and a bulge made of
   the old stars only, so bulges are redder than disks (a colour gradient);
-* size <- stellar mass (Shen et al. 2003) through the angular-diameter distance;
+* size <- stellar mass (Shen et al. 2003) through the angular-diameter distance; bulges of
+  disk galaxies are compact, r_e(bulge) / r_e(disk) = 0.13 (r_e / h = 0.22, MacArthur,
+  Courteau & Holtzman 2003, ApJ 582, 689), rising to 1 for pure bulges as (B/T)^2, and the
+  disk radius is set so that the composite's half-light radius is the galaxy's
+  (``component_radii``);
 * knots <- specific SFR: a share of the young stars' light, in bright compact clumps.
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
 from ..schema import BANDS, CUTOUT_BANDS
 from . import cosmology, photometry, physics
-from .images import MAX_KNOTS, SERSIC_B1
+from .aperture import gammainc
+from .images import MAX_KNOTS, SERSIC_B1, SERSIC_B4
 
 PSF_FWHM_MEDIAN = 1.4     # arcsec, SDSS median r-band seeing
 PSF_FWHM_SCATTER = 0.12   # ln
 PSF_FWHM_RANGE = (0.9, 2.2)
 SKY_SCATTER = 0.1         # ln, night-to-night sky brightness
+BULGE_DISK_SIZE_RATIO = 0.13  # r_e(bulge) / r_e(disk) of disk galaxies (MacArthur et al. 2003)
+
+
+def bulge_disk_size_ratio(bt) -> np.ndarray:
+    """r_e(bulge) / r_e(disk) at r-band bulge fraction bt: 0.13 for disks, 1 for pure bulges."""
+    bt = np.asarray(bt, dtype=np.float64)
+    return BULGE_DISK_SIZE_RATIO + (1.0 - BULGE_DISK_SIZE_RATIO) * bt**2
+
+
+@lru_cache(maxsize=1)
+def _disk_radius_table() -> tuple[np.ndarray, np.ndarray]:
+    """(bt grid, r_e(disk) / r_e(galaxy)) such that the bulge + disk composite holds half its
+    light inside the galaxy's half-light radius. A Sersic profile holds P(2n, b_n x^(1/n)) of
+    its light inside x r_e (P: regularised lower incomplete gamma); bisection on the disk
+    radius for every bt at once."""
+    bt = np.linspace(0.0, 1.0, 201)
+    c = bulge_disk_size_ratio(bt)
+    lo, hi = np.full_like(bt, 0.2), np.full_like(bt, 5.0)
+    for _ in range(60):
+        d = 0.5 * (lo + hi)
+        inside = (bt * gammainc(8, SERSIC_B4 * (1.0 / (c * d)) ** 0.25)
+                  + (1 - bt) * gammainc(2, SERSIC_B1 / d))
+        lo, hi = np.where(inside > 0.5, d, lo), np.where(inside > 0.5, hi, d)
+    return bt, 0.5 * (lo + hi)
+
+
+def component_radii(r_gal, bt) -> tuple[np.ndarray, np.ndarray]:
+    """Half-light semi-major axes (bulge, disk) of galaxies with half-light radius r_gal [N]
+    and r-band bulge fraction bt [N]: compact bulges in disks (``bulge_disk_size_ratio``), the
+    disk sized so that the composite's half-light radius is r_gal."""
+    grid, d = _disk_radius_table()
+    r_disk = np.asarray(r_gal) * np.interp(bt, grid, d)
+    return bulge_disk_size_ratio(bt) * r_disk, r_disk
 
 
 def draw_seeing(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -38,6 +78,8 @@ def draw_morphology(rng: np.random.Generator, cat: dict, flux_young: np.ndarray,
 
     flux_young, flux_old: [N, 5] ugriz nanomaggies of the two stellar populations.
     Returns [N] (or [N, K], [N, 5]) arrays: bulge_fraction_r (actual r-band B/T),
+    bulge_old_share (share of the old stars in the bulge; the rest, and all young stars, are
+    in the disk),
     flux_bulge / flux_disk / flux_knots [N, 5], r_bulge, r_disk (arcsec), q_bulge, q_disk,
     knot_x, knot_y (arcsec), knot_w [N, K], knot_sigma (arcsec), n_knots, knot_fraction
     (share of the total r light in knots), lane_depth [N, 3] (g, r, i), lane_width, lane_length
@@ -54,9 +96,7 @@ def draw_morphology(rng: np.random.Generator, cat: dict, flux_young: np.ndarray,
 
     # Sizes: the galaxy's half-light radius split between the components (bulges are compact
     # in disk galaxies, the whole galaxy in ellipticals).
-    r_gal = cat["r_e_arcsec"]
-    r_bulge = r_gal * (0.35 + 0.65 * bt_r)
-    r_disk = r_gal * (1.0 + 0.3 * bt_r)
+    r_bulge, r_disk = component_radii(cat["r_e_arcsec"], bt_r)
     q_disk = physics.disk_axis_ratio(cat["cos_i"])
     q_bulge = rng.uniform(0.6, 1.0, n)
 
@@ -93,7 +133,7 @@ def draw_morphology(rng: np.random.Generator, cat: dict, flux_young: np.ndarray,
     lane_width = 0.3 * r_disk * q_disk
     lane_length = 1.2 * r_disk
 
-    return dict(bulge_fraction_r=bt_r, flux_bulge=flux_bulge, flux_disk=flux_disk,
+    return dict(bulge_fraction_r=bt_r, bulge_old_share=f_bulge_old, flux_bulge=flux_bulge, flux_disk=flux_disk,
                 flux_knots=flux_knots, r_bulge=r_bulge, r_disk=r_disk, q_bulge=q_bulge,
                 q_disk=q_disk, knot_x=knot_x, knot_y=knot_y, knot_w=w, knot_sigma=knot_sigma,
                 n_knots=n_knots,

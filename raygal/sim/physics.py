@@ -21,7 +21,9 @@ Relations and sources
   fundamental-metallicity-relation term of Mannucci et al. (2010, MNRAS 408, 2115) written
   relative to the main sequence, so at fixed mass galaxies above the sequence are metal-poorer
   while the median at Delta_MS = 0 is exactly T04. x is clipped to [8.0, 11.5] (T04's turnover)
-  and 0.1 dex intrinsic scatter added (T04's scatter).
+  and 0.1 dex intrinsic scatter added (T04's scatter). T04 measured metallicities through 3"
+  fibres, so this is the fibre value of a galaxy whose fibre covers the survey's typical part
+  of its disk (see "The SDSS fibre" below).
 * Dust: the mass dependence of Halpha attenuation of Garn & Best (2010, MNRAS 409, 421),
   A_Halpha = 0.91 + 0.77 X + 0.11 X^2 - 0.09 X^3, X = log M - 10, converted to A_V with
   Cardelli et al. (1989); rising with SFR at fixed mass (x 10^(0.3 Delta_MS)) and with disk
@@ -33,7 +35,7 @@ Relations and sources
   populations whose old share rises with mass and is higher in quenched galaxies (downsizing).
 * Dn(4000): computed from the young + old stellar mix (``photometry.dn4000``), so it rises
   from ~1.1 (young) to ~2.05 (old) as sSFR falls (cf. Kauffmann et al. 2003a, Brinchmann et al.
-  2004), plus 0.03 of scatter.
+  2004), plus 0.03 of scatter; measured on the stars inside the fibre (below).
 * Bulge fraction: rises with the dust-free Dn(4000) (old, quiescent galaxies are bulge
   dominated; Kauffmann et al. 2003a), capped by the old stars' share of the light.
 * Size: Shen et al. (2003, MNRAS 343, 978) r-band half-light radius - mass relations, late
@@ -43,7 +45,10 @@ Relations and sources
 * Velocity dispersion: sigma proportional to M^0.3 above 10^10.3 Msun (Zahid et al. 2016,
   ApJ 832, 203), normalised to ~160 km/s at 10^11 Msun for a B/T = 0.5 galaxy, flattening to
   M^0.2 below the break; +0.12 dex per unit B/T (bulge-dominated galaxies are hotter at fixed
-  mass); 0.06 dex scatter.
+  mass); at fixed mass, compact galaxies are hotter as the virial theorem has it,
+  sigma^2 ~ M / R_e (the mass plane of Cappellari et al. 2013, MNRAS 432, 1862; the inferred
+  dispersions of Bezanson et al. 2011, ApJ 737, L31): -0.5 dex per dex of the galaxy's size
+  offset from the Shen et al. (2003) median; 0.03 dex further scatter.
 * Black-hole mass: McConnell & Ma (2013, ApJ 764, 184):
   log M_BH = 8.32 + 5.64 log10(sigma / 200 km/s), intrinsic scatter 0.38 dex.
 * Halpha: Kennicutt (1998, ARA&A 36, 189) SFR = 7.9e-42 L(Halpha) (Salpeter), x 0.63 for a
@@ -64,12 +69,25 @@ Relations and sources
   N(0.6, 0.2), Halpha/Hbeta = 3.1 (Osterbrock & Ferland 2006), log([N II]/Halpha)_AGN ~
   N(0.0, 0.15). Quenched galaxies' weak lines have LINER-like ("retired") ratios
   (Cid Fernandes et al. 2011): log [N II]/Halpha ~ N(0.1, 0.15), log [O III]/Hbeta ~ N(0, 0.2).
+* The SDSS fibre (``aperture``): as in the MPA-JHU catalogue, the line fluxes, Dn(4000) and
+  12+log(O/H) are those of the light inside the 3" fibre, whose share of each component
+  (bulge, disk, nucleus) depends on its size, distance, shape and the seeing of the
+  spectroscopic exposure (drawn like the imaging seeing but independently: another night)
+  (aperture bias: Kewley, Jansen & Geller 2005, PASP 117, 227;
+  Brinchmann et al. 2004, MNRAS 351, 1151 correct the SFR for it; the mock's SFR is the total).
+  The young stars and the star-forming gas follow the disk, the old stars the bulge and the
+  disk, retired-galaxy emission the old stars, an AGN is a point source. So the fibre of a large
+  nearby galaxy sees mostly its bulge: its Dn(4000) is older than the whole galaxy's and its
+  lines are a small share of the total. Gas metallicity falls by 0.1 dex per r_e (the common
+  gradient of Sanchez et al. 2014, A&A 563, A49): the fibre metallicity is the value at the
+  light-weighted mean radius of the disk light inside the fibre, fixed to the mass-metallicity
+  relation at that radius's survey median (FIBRE_REF_RADIUS), so a fibre that sees only the
+  centre reads up to ~0.05 dex high and one that sees the whole disk ~0.07 dex low.
 * Metallicity detectability (the ``oh12`` non-null label): as in the MPA-JHU catalogue,
-  12+log(O/H) is measured only for galaxies with S/N > 3 in Halpha, Hbeta, [N II] and [O III]
-  whose (noisy) line ratios lie below the Kauffmann et al. (2003b) line. Line S/N is computed
-  for a 3" SDSS fibre: the fibre collects 1 - 2^-(1.5"/r_h)^2 of the light (a Gaussian with
-  half-light radius r_h = sqrt(r_e^2 + 0.75"^2)), with 2e-17 erg/s/cm^2 of noise per line.
-  The stored line fluxes are the noise-free total (aperture-corrected) fluxes.
+  12+log(O/H) is measured only for galaxies with S/N > 3 in the fibre's Halpha, Hbeta,
+  [N II] and [O III] (2e-17 erg/s/cm^2 of noise per line) whose (noisy) line ratios lie below
+  the Kauffmann et al. (2003b) line. The stored line fluxes are the noise-free fibre fluxes
+  (not aperture-corrected, like MPA-JHU's).
 """
 from __future__ import annotations
 
@@ -93,15 +111,21 @@ BALMER_DECREMENT = 2.86
 AGN_BALMER_DECREMENT = 3.1
 KENNICUTT_CHABRIER = 7.9e-42 * 0.63  # Msun/yr per erg/s of Halpha
 LINE_WAVE = {"halpha": 6562.8, "hbeta": 4861.3, "nii": 6583.4, "oiii": 5006.8}
-FIBRE_RADIUS_ARCSEC = 1.5
-FIBRE_SEEING_FWHM = 1.5
 LINE_NOISE = 2.0  # 1e-17 erg/s/cm^2 per line in the fibre
 LINE_SNR_MIN = 3.0
+
+# --- the SDSS fibre (``aperture``) ---------------------------------------------------------
+METALLICITY_GRADIENT = -0.1  # dex per r_e (Sanchez et al. 2014)
+FIBRE_REF_RADIUS = 0.49      # median mean r / r_e of the disk light in the fibres of
+                             # galaxies with a measured metallicity (survey seed 11)
+DN4000_SCATTER = 0.03
 
 # --- structure ------------------------------------------------------------------------------
 DISK_THICKNESS = 0.15  # intrinsic axis ratio q0 of disks (Unterborn & Ryden 2008)
 INCLINATION_GAMMA = 1.5
 MBH_SCATTER = 0.38
+VIRIAL_SIZE_SLOPE = -0.5  # d log sigma / d log R_e at fixed mass (sigma^2 ~ M / R_e)
+SIGMA_SCATTER = 0.03      # dex, beyond the size term
 
 
 def mass_function(logm) -> np.ndarray:
@@ -249,7 +273,8 @@ def draw_stellar_populations(rng: np.random.Generator, logm: np.ndarray, z: np.n
 
     Returns a dict of [N] arrays: is_quenched, log_sfr, delta_ms, mass_young, mass_old,
     age_mix, cos_i, inclination (rad), position_angle (rad), dn4000_nodust, bulge_fraction
-    (target B/T in r-band light, before the old-light cap), av, av_stars, dn4000,
+    (target B/T in r-band light, before the old-light cap), av, av_stars, dn4000_global (the
+    whole galaxy's, noise-free; the catalogue's Dn(4000) is the fibre's, ``fibre_dn4000``),
     r_e_kpc, r_e_arcsec.
     """
     n = len(logm)
@@ -279,7 +304,7 @@ def draw_stellar_populations(rng: np.random.Generator, logm: np.ndarray, z: np.n
     av = dust_av(logm, delta_ms, cos_i, bt, quenched) * 10 ** (0.15 * rng.standard_normal(n))
     av = np.clip(av, 0.0, 4.0)
     av_stars = photometry.STELLAR_DUST_FRACTION * av
-    dn = photometry.dn4000(mass_young, mass_old, age_mix, av_stars) + 0.03 * rng.standard_normal(n)
+    dn = photometry.dn4000(mass_young, mass_old, age_mix, av_stars)
 
     r_med, s_ln = shen03_radius_kpc(logm, bt)
     r_e_kpc = r_med * np.exp(s_ln * rng.standard_normal(n))
@@ -287,15 +312,18 @@ def draw_stellar_populations(rng: np.random.Generator, logm: np.ndarray, z: np.n
     return dict(is_quenched=quenched, log_sfr=log_sfr, delta_ms=delta_ms,
                 mass_young=mass_young, mass_old=mass_old, age_mix=age_mix, cos_i=cos_i,
                 inclination=np.arccos(cos_i), position_angle=pa, dn4000_nodust=dn_nodust,
-                bulge_fraction=bt, av=av, av_stars=av_stars, dn4000=dn, r_e_kpc=r_e_kpc,
+                bulge_fraction=bt, av=av, av_stars=av_stars, dn4000_global=dn, r_e_kpc=r_e_kpc,
                 r_e_arcsec=r_e_arcsec)
 
 
-def draw_dynamics(rng: np.random.Generator, logm: np.ndarray, bulge_fraction: np.ndarray
-                  ) -> dict:
-    """sigma_v (km/s) and log M_BH [N] from mass and bulge fraction."""
+def draw_dynamics(rng: np.random.Generator, logm: np.ndarray, bulge_fraction: np.ndarray,
+                  r_e_kpc: np.ndarray) -> dict:
+    """sigma_v (km/s) and log M_BH [N] from mass, bulge fraction and size (virial term)."""
     n = len(logm)
-    log_sigma = velocity_dispersion(logm, bulge_fraction) + 0.06 * rng.standard_normal(n)
+    r_med, _ = shen03_radius_kpc(logm, bulge_fraction)
+    size_offset = np.log10(np.asarray(r_e_kpc) / r_med)
+    log_sigma = (velocity_dispersion(logm, bulge_fraction) + VIRIAL_SIZE_SLOPE * size_offset
+                 + SIGMA_SCATTER * rng.standard_normal(n))
     sigma = 10.0 ** log_sigma
     log_mbh = mcconnell_ma_mbh(sigma) + MBH_SCATTER * rng.standard_normal(n)
     return dict(sigma_v=sigma, log_mbh=log_mbh)
@@ -312,19 +340,37 @@ def halpha_luminosity(log_sfr) -> np.ndarray:
     return 10.0 ** np.asarray(log_sfr) / KENNICUTT_CHABRIER
 
 
-def fibre_fraction(r_e_arcsec) -> np.ndarray:
-    """Fraction of a galaxy's light in a 3" fibre (Gaussian approximation, 1.5" seeing)."""
-    r_h2 = np.asarray(r_e_arcsec) ** 2 + (FIBRE_SEEING_FWHM / 2) ** 2
-    return 1.0 - 2.0 ** (-(FIBRE_RADIUS_ARCSEC**2) / r_h2)
+def fibre_metallicity(oh12_ref, disk_radius) -> np.ndarray:
+    """12+log(O/H) [N] of the gas seen through the fibre, whose light-weighted mean radius is
+    ``disk_radius`` r_e (``aperture.disk_mean_radius``), on a gradient of METALLICITY_GRADIENT
+    dex per r_e through ``oh12_ref``, the value at the survey's median radius
+    FIBRE_REF_RADIUS; clipped to the schema's 7.0-9.8."""
+    return np.clip(oh12_ref + METALLICITY_GRADIENT * (np.asarray(disk_radius)
+                                                     - FIBRE_REF_RADIUS), 7.0, 9.8)
+
+
+def fibre_dn4000(rng: np.random.Generator, pops: dict, fibre: dict) -> np.ndarray:
+    """Dn(4000) [N] of the light in the fibre, plus DN4000_SCATTER: the young stars (all in
+    the disk) weighted by the disk's share inside the fibre, the old stars by theirs
+    (``fibre['fibre_old']``: bulge and disk). ``pops``: mass_young, mass_old, age_mix,
+    av_stars [N]."""
+    n = len(pops["mass_young"])
+    dn = photometry.dn4000(pops["mass_young"] * fibre["fibre_disk"],
+                           pops["mass_old"] * fibre["fibre_old"], pops["age_mix"],
+                           pops["av_stars"])
+    return dn + DN4000_SCATTER * rng.standard_normal(n)
 
 
 def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, quenched,
-               r_e_arcsec) -> dict:
-    """Emission lines [N] in 1e-17 erg/s/cm^2 (noise-free, total, dust-attenuated) and the
-    metallicity-detectability label.
+               fibre: dict) -> dict:
+    """Emission lines [N] in 1e-17 erg/s/cm^2 (noise-free, dust-attenuated, inside the 3"
+    fibre) and the metallicity-detectability label.
 
-    Returns flux_halpha, flux_hbeta, flux_nii, flux_oiii, is_agn, oh12_detectable, and the
-    fibre S/N of each line (snr_<line>).
+    oh12: the gas metallicity seen through the fibre. fibre: ``aperture.fibre_shares``; the
+    star-forming gas follows the disk, retired-galaxy emission the old stars, an AGN is a
+    point source.
+    Returns flux_halpha, flux_hbeta, flux_nii, flux_oiii, is_agn, oh12_detectable, the
+    fibre S/N of each line (snr_<line>) and the whole galaxy's Halpha (flux_halpha_total).
     """
     n = len(logm)
     dl = cosmology.luminosity_distance_cm(z)
@@ -339,6 +385,10 @@ def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, qu
     o3_ret = 0.0 + 0.2 * rng.standard_normal(n)
     n2_sf = np.where(quenched, n2_ret, n2_hii)
     o3_sf = np.where(quenched, o3_ret, o3_hii)
+    # Inside the fibre: HII regions follow the disk, retired emission the old stars.
+    f_gas = np.where(quenched, fibre["fibre_old"], fibre["fibre_disk"])
+    ha_sf_total = ha_sf
+    ha_sf, hb_sf = ha_sf * f_gas, hb_sf * f_gas
     nii = ha_sf * 10.0**n2_sf
     oiii = hb_sf * 10.0**o3_sf
     ha, hb = ha_sf, hb_sf
@@ -350,7 +400,7 @@ def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, qu
     hb_agn = l_oiii_agn / 10.0 ** (0.6 + 0.2 * rng.standard_normal(n))
     ha_agn = AGN_BALMER_DECREMENT * hb_agn
     nii_agn = ha_agn * 10.0 ** (0.15 * rng.standard_normal(n))
-    agn = is_agn.astype(np.float64)
+    agn = is_agn.astype(np.float64) * fibre["fibre_point"]
     ha = ha + agn * ha_agn
     hb = hb + agn * hb_agn
     nii = nii + agn * nii_agn
@@ -362,12 +412,14 @@ def draw_lines(rng: np.random.Generator, logm, log_sfr, oh12, av, z, log_mbh, qu
         a_line = av * float(photometry.cardelli_a_over_av(LINE_WAVE[name]))
         out[f"flux_{name}"] = lum * 10.0 ** (-0.4 * a_line) * to_flux
 
+    a_ha = av * float(photometry.cardelli_a_over_av(LINE_WAVE["halpha"]))
+    out["flux_halpha_total"] = (ha_sf_total + is_agn * ha_agn) * 10.0 ** (-0.4 * a_ha) * to_flux
+
     # Detectability of the metallicity (MPA-JHU-like): fibre S/N > 3 in the four BPT lines and
     # a star-forming BPT classification from the noisy ratios.
-    ffib = fibre_fraction(r_e_arcsec)
     meas = {}
     for name in LINE_WAVE:
-        f = out[f"flux_{name}"] * ffib
+        f = out[f"flux_{name}"]
         meas[name] = f + LINE_NOISE * rng.standard_normal(n)
         out[f"snr_{name}"] = f / LINE_NOISE
     snr_ok = np.all([meas[k] > LINE_SNR_MIN * LINE_NOISE for k in LINE_WAVE], axis=0)

@@ -33,9 +33,10 @@ import torch
 
 from ..schema import (BANDS, CUTOUT_BANDS, MAG_COLUMNS, MAGERR_COLUMNS, SDSS_PIXEL_SCALE,
                       TARGET_NAMES, Flag, galaxy_schema, synthetic_objid)
-from . import cosmology, images, morphology, photometry, physics
+from . import aperture, cosmology, images, morphology, photometry, physics
+from .latents import LATENT_NAMES, latent_arrays, latent_fields
 
-GENERATOR = "raygal.sim/1"
+GENERATOR = "raygal.sim/2"
 CHUNK_SIZE = 256           # galaxies per deterministic chunk
 ROUND_SIZE = 1024          # candidates drawn per selection round
 Z_MIN, Z_MAX = 0.01, 0.3
@@ -168,13 +169,20 @@ def generate_chunk(seed: int, chunk: int, image_size: int | None = 64) -> dict:
     cat = _concat(kept)
     n = CHUNK_SIZE
 
-    # Properties that do not affect the selection, drawn for the kept galaxies only.
-    cat.update(physics.draw_dynamics(rng, cat["log_mstar"], cat["bulge_fraction"]))
-    cat["oh12_true"] = physics.draw_metallicity(rng, cat["log_mstar"], cat["delta_ms"])
+    # Properties that do not affect the selection, drawn for the kept galaxies only. The
+    # structure comes first: what the spectroscopic fibre sees depends on it.
+    cat.update(morphology.draw_morphology(rng, cat, cat["flux_young"], cat["flux_old"]))
+    cat["fibre_seeing"] = morphology.draw_seeing(rng, n)
+    cat.update(aperture.fibre_shares(cat, cat["fibre_seeing"]))
+    cat.update(physics.draw_dynamics(rng, cat["log_mstar"], cat["bulge_fraction"],
+                                     cat["r_e_kpc"]))
+    oh12_ref = physics.draw_metallicity(rng, cat["log_mstar"], cat["delta_ms"])
+    cat["oh12_re"] = physics.fibre_metallicity(oh12_ref, 1.0)
+    cat["oh12_true"] = physics.fibre_metallicity(oh12_ref, cat["fibre_disk_radius"])
     cat.update(physics.draw_lines(rng, cat["log_mstar"], cat["log_sfr"], cat["oh12_true"],
                                   cat["av"], cat["z"], cat["log_mbh"], cat["is_quenched"],
-                                  cat["r_e_arcsec"]))
-    cat.update(morphology.draw_morphology(rng, cat, cat["flux_young"], cat["flux_old"]))
+                                  cat))
+    cat["dn4000"] = physics.fibre_dn4000(rng, cat, cat)
     cat["ra"] = rng.uniform(*RA_RANGE, n)
     s0, s1 = np.sin(np.radians(DEC_RANGE))
     cat["dec"] = np.degrees(np.arcsin(rng.uniform(s0, s1, n)))
@@ -219,7 +227,9 @@ TRUTH_KEYS = (
     "inclination", "cos_i", "position_angle", "bulge_fraction_r", "r_e_arcsec", "r_e_kpc",
     "r_bulge", "r_disk", "q_bulge", "q_disk", "n_knots", "knot_fraction", "age_mix",
     "mass_young", "av_stars", "psf_fwhm", "sky_scale", "mag_true", "snr_halpha",
-    "snr_hbeta", "snr_nii", "snr_oiii", "lane_depth",
+    "snr_hbeta", "snr_nii", "snr_oiii", "lane_depth", "oh12_re", "dn4000_global",
+    "flux_halpha_total", "fibre_seeing", "fibre_bulge", "fibre_disk", "fibre_old",
+    "fibre_point", "fibre_r", "fibre_disk_radius",
 )
 
 
@@ -232,10 +242,17 @@ def _check_image_size(image_size: int) -> int:
     return s
 
 
-def to_table(cat: dict, image_size: int | None) -> pa.Table:
-    """Arrow table (``raygal.schema.galaxy_schema``) of a chunk dict."""
+def survey_schema(image_size: int | None, with_latents: bool = False) -> pa.Schema:
+    """The galaxy schema of a mock survey: a (3, S, S) cutout column unless ``image_size`` is
+    None, and the ``lat_*`` columns (``raygal.sim.latents``) after the standard ones when
+    ``with_latents``."""
     shape = None if image_size is None else (3, image_size, image_size)
-    schema = galaxy_schema(shape)
+    return galaxy_schema(shape, extra=latent_fields() if with_latents else None)
+
+
+def to_table(cat: dict, image_size: int | None, with_latents: bool = False) -> pa.Table:
+    """Arrow table (``survey_schema``) of a chunk dict."""
+    schema = survey_schema(image_size, with_latents)
     n = len(cat["objid"])
     cols: dict[str, pa.Array] = {
         "objid": pa.array(cat["objid"], pa.int64()),
@@ -249,7 +266,7 @@ def to_table(cat: dict, image_size: int | None) -> pa.Table:
         flags[miss] |= int(Flag.mag_missing(BANDS[j]) | Flag.NONDETECTION | Flag.MAGERR_MISSING)
         cols[c] = pa.array(cat["mag"][:, j].astype(np.float32), mask=miss)
         cols[e] = pa.array(cat["magerr"][:, j].astype(np.float32), mask=miss)
-    if shape is not None:
+    if image_size is not None:
         # Built on the schema's own tensor type (from_numpy_ndarray would add a permutation
         # attribute that makes the type differ from galaxy_schema's).
         flat = pa.array(np.ascontiguousarray(cat["cutout"], dtype=np.float32).reshape(-1))
@@ -268,6 +285,8 @@ def to_table(cat: dict, image_size: int | None) -> pa.Table:
             cols[name] = pa.array(np.asarray(values[name], dtype=np.float32))
     cols["flags"] = pa.array(flags)
     cols["source"] = pa.array([SOURCE] * n, pa.string())
+    if with_latents:
+        cols.update({k: pa.array(v) for k, v in latent_arrays(cat).items()})
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
@@ -280,9 +299,11 @@ def _chunk_range(n: int, offset: int) -> range:
 
 
 def simulate_batch(n: int, image_size: int = 64, seed: int = 0, offset: int = 0,
-                   with_images: bool = True, return_truth: bool = False):
+                   with_images: bool = True, return_truth: bool = False,
+                   with_latents: bool = False):
     """Galaxies ``offset .. offset+n-1`` of the mock survey ``seed`` as an Arrow table
-    (``raygal.schema.galaxy_schema``; with a (3, S, S) gri cutout column when ``with_images``).
+    (``survey_schema``; with a (3, S, S) gri cutout column when ``with_images``, and the
+    ``lat_*`` latent morphology columns of ``raygal.sim.latents`` when ``with_latents``).
 
     With ``return_truth=True`` returns ``(table, truth)``: ``truth`` is a dict of numpy arrays
     [n, ...] of latent quantities (see ``TRUTH_KEYS``: true 12+log(O/H) for every galaxy,
@@ -301,10 +322,10 @@ def simulate_batch(n: int, image_size: int = 64, seed: int = 0, offset: int = 0,
         hi = min(offset + n - c * CHUNK_SIZE, CHUNK_SIZE)
         parts.append(cat if (lo, hi) == (0, CHUNK_SIZE) else _take(cat, slice(lo, hi)))
     if not parts:
-        table = galaxy_schema(None if size is None else (3, size, size)).empty_table()
+        table = survey_schema(size, with_latents).empty_table()
         return (table, {}) if return_truth else table
     cat = _concat(parts)
-    table = to_table(cat, size)
+    table = to_table(cat, size, with_latents)
     if not return_truth:
         return table
     truth = {k: cat[k] for k in TRUTH_KEYS}
@@ -325,24 +346,27 @@ def selection_fraction(n_selected: int, n_candidates: int) -> float:
 
 def simulate(n: int, out_uri: str, image_size: int = 64, seed: int = 0,
              rows_per_shard: int = 4096, with_images: bool = True, progress=None,
-             compression: str = "zstd") -> dict:
+             compression: str = "zstd", with_latents: bool = False) -> dict:
     """Write ``n`` mock galaxies (survey ``seed``) to a sharded Parquet dataset at ``out_uri``
     (local path or s3://) and return its manifest.
 
     Streams: one chunk of ``CHUNK_SIZE`` galaxies is generated, written and dropped at a
     time, and ``ShardWriter`` holds at most one shard, so memory stays bounded for any n.
     ``progress``, if given, is called as ``progress(done, n)`` after every chunk.
-    The manifest's ``extra`` records the generator, seed, image size and selection fraction.
+    The manifest's ``extra`` records the generator, seed, image size and selection fraction,
+    and the names of the ``lat_*`` columns written with ``with_latents`` (``latent_columns``).
     ``compression`` is the Parquet codec: noise-dominated cutouts barely compress (zstd saves
     ~6 %), and zstd costs about as much CPU as generating them; "snappy" halves that.
     """
     from ..shards import ShardWriter
 
     size = _check_image_size(image_size) if with_images else None
-    schema = galaxy_schema(None if size is None else (3, size, size))
+    schema = survey_schema(size, with_latents)
     extra = {"generator": GENERATOR, "seed": int(seed), "image_size": size,
              "pixel_scale_arcsec": SDSS_PIXEL_SCALE, "r_limit": R_LIMIT,
              "z_range": [Z_MIN, Z_MAX], "chunk_size": CHUNK_SIZE}
+    if with_latents:
+        extra["latent_columns"] = list(LATENT_NAMES)
     writer = ShardWriter(out_uri, schema, rows_per_shard=rows_per_shard,
                          objid_origin="simulated", extra=extra, compression=compression)
     done, n_cand, n_sel = 0, 0, 0
@@ -353,7 +377,7 @@ def simulate(n: int, out_uri: str, image_size: int = 64, seed: int = 0,
         take = min(CHUNK_SIZE, n - done)
         if take < CHUNK_SIZE:
             cat = _take(cat, slice(0, take))
-        writer.write(to_table(cat, size))
+        writer.write(to_table(cat, size, with_latents))
         done += take
         del cat
         if progress is not None:
