@@ -548,73 +548,45 @@ def lg_rows(problem, n: int, seed: int):
 
 @pytest.fixture(scope="module")
 def chain_toy():
-    """A photometry-only CFM with the metallicity branch, trained briefly (2000 steps of 512)
-    on ``lg_rows``, and its summaries (300 samples, RK4-10) of 1000 test objects."""
+    """(problem, a photometry-only CFM with the metallicity branch trained briefly on
+    ``lg_rows``: 1500 steps of 256, ~2-3 min on a busy core). It samples with midpoint-10,
+    which agrees with RK4-100 within 0.02 posterior std on such problems (above)."""
     problem = linear_gaussian(LG_TARGETS[:2])
     stats = StatsAccumulator(LG_TARGETS).update(lg_rows(problem, 20000, seed=1)[0]).finalize()
     torch.manual_seed(0)
-    post = FlowMatchingPosterior(LG_TARGETS, "phot", stats, {"hidden": 128, "solver": "rk4-10"})
-    data, _, _ = lg_rows(problem, 2000 * 512, seed=2)
-    train(post, data, steps=2000, batch_size=512, lr=3e-3)
-    test, truth, measured = lg_rows(problem, 1000, seed=3)
-    summ = post.summarize(test, 300, seed=0, keep_samples=True)
-    return problem, post, test, truth, measured, summ
+    post = FlowMatchingPosterior(LG_TARGETS, "phot", stats,
+                                 {"hidden": 128, "solver": "midpoint-10"})
+    data, _, _ = lg_rows(problem, 1500 * 256, seed=2)
+    train(post, data, steps=1500, batch_size=256, lr=3e-3)
+    return problem, post
+
+
+@pytest.fixture(scope="module")
+def chain_summary(chain_toy):
+    """(test rows, truths [600, 3], oh12 measured [600], summaries with 200 samples each)."""
+    problem, post = chain_toy
+    test, truth, measured = lg_rows(problem, 600, seed=3)
+    return test, truth, measured, post.summarize(test, 200, seed=0, keep_samples=True)
 
 
 @pytest.mark.slow
-def test_core_posterior_with_missing_metallicity(chain_toy):
-    """The core field learns from every row, so the core posterior matches the analytic one on
-    all test objects and on those without oh12 alike. Tolerances, in analytic posterior stds:
-    RMS mean error < 0.15, median std ratio within 10 %; coverage within 4 / 2.5 points of
-    68 % / 95 % over all 1000 objects (binomial errors 1.5 / 0.7) and 6 / 3.5 points over the
-    ~400 without oh12 (2.3 / 1.1)."""
-    problem, post, test, truth, measured, summ = chain_toy
-    assert post.targets == LG_TARGETS and 0.35 < 1 - measured.mean() < 0.45
-    mean, sd = problem.post_mean(test), np.sqrt(np.diag(problem.post_cov))
-    for rows, tol68, tol95 in ((np.ones(len(truth), bool), 0.04, 0.025),
-                               (~measured, 0.06, 0.035)):
-        for j, t in enumerate(LG_TARGETS[:2]):
-            dz = (summ[f"{t}_mean"] - mean[:, j])[rows] / sd[j]
-            assert np.sqrt(np.mean(dz ** 2)) < 0.15, (t, rows.sum())
-            assert np.median(summ[f"{t}_std"][rows] / sd[j]) == pytest.approx(1.0, abs=0.1), t
-            x = truth[rows, j]
-            cov68 = np.mean((x >= summ[f"{t}_q16"][rows]) & (x <= summ[f"{t}_q84"][rows]))
-            cov95 = np.mean((x >= summ[f"{t}_q025"][rows]) & (x <= summ[f"{t}_q975"][rows]))
-            assert cov68 == pytest.approx(0.68, abs=tol68), (t, rows.sum(), cov68)
-            assert cov95 == pytest.approx(0.95, abs=tol95), (t, rows.sum(), cov95)
-
-
-@pytest.mark.slow
-def test_chain_rule_conditions_metallicity_on_sampled_core(chain_toy):
-    """oh12 | log_mstar is N(8.8 + 0.4 (log_mstar - 10), 0.03^2) whatever the photometry, so
-    within one galaxy the sampled oh12 must follow the sampled log_mstar (correlation ~0.94
-    analytically) and the oh12 posterior is Gaussian with a known mean and std. Checked where
-    oh12 was measured (the oh12 field never sees the other galaxies' metallicities)."""
-    problem, post, test, truth, measured, summ = chain_toy
-    s = summ["samples"]
-    rows = np.flatnonzero(measured)[:50]
-    corr = np.array([np.corrcoef(s[i, :, 0], s[i, :, 2])[0, 1] for i in rows])
-    slope = np.array([np.polyfit(s[i, :, 0], s[i, :, 2], 1)[0] for i in rows])
-    assert corr.mean() > 0.85 and corr.min() > 0.6
-    assert np.median(slope) == pytest.approx(OH_SLOPE, rel=0.15)
-    sd_m = math.sqrt(problem.post_cov[0, 0])
-    sd_oh = math.sqrt(OH_SLOPE ** 2 * sd_m ** 2 + OH_NOISE ** 2)
-    mean_oh = 8.8 + OH_SLOPE * (problem.post_mean(test)[:, 0] - 10)
-    m = measured
-    assert np.sqrt(np.mean(((summ["oh12_mean"] - mean_oh) / sd_oh)[m] ** 2)) < 0.2
-    assert np.median(summ["oh12_std"][m]) == pytest.approx(sd_oh, rel=0.15)
-    x = truth[m, 2]
-    cov68 = np.mean((x >= summ["oh12_q16"][m]) & (x <= summ["oh12_q84"][m]))
-    assert cov68 == pytest.approx(0.68, abs=0.05), cov68
+def test_detectability_classifier_learns_separable_label(chain_toy):
+    problem, post = chain_toy
+    test, _, measured = lg_rows(problem, 2000, seed=4)
+    p = post.estimator.detect_prob(post.context(test)).detach().numpy()
+    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    assert np.mean((p > 0.5) == measured) > 0.95
+    assert p[measured].mean() > 0.8 and p[~measured].mean() < 0.2
 
 
 @pytest.mark.slow
 def test_chain_log_prob_matches_analytic(chain_toy):
     """log q(core) + log q(oh12 | core) at the truths equals the analytic log density
-    N(core; mu, Sigma) N(oh12; 8.8 + 0.4 (log_mstar - 10), 0.03^2) on average: its mean
-    difference is -KL(p || q) on average, near 0 for a good fit."""
-    problem, post, test, truth, measured, _ = chain_toy
-    rows = np.flatnonzero(measured)[:200]
+    N(core; mu, Sigma) N(oh12; 8.8 + 0.4 (log_mstar - 10), 0.03^2): the mean difference
+    estimates -KL(p || q) (measured about -0.02 nats), the median |difference| about 0.1."""
+    problem, post = chain_toy
+    test, truth, measured = lg_rows(problem, 300, seed=5)
+    rows = np.flatnonzero(measured)
     sub = {k: v[rows] for k, v in test.items()}
     lq = post.log_prob(truth[rows], sub).numpy()
     d = truth[rows, :2] - problem.post_mean(sub)
@@ -629,12 +601,52 @@ def test_chain_log_prob_matches_analytic(chain_toy):
 
 
 @pytest.mark.slow
-def test_detectability_classifier_learns_separable_label(chain_toy):
-    *_, measured, summ = chain_toy
-    p = summ[DETECT_COLUMN]
-    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
-    assert np.mean((p > 0.5) == measured) > 0.95
-    assert p[measured].mean() > 0.8 and p[~measured].mean() < 0.2
+def test_core_posterior_with_missing_metallicity(chain_toy, chain_summary):
+    """The core field learns from every row, so the core posterior matches the analytic one on
+    all test objects and on those without oh12 alike. Tolerances, in analytic posterior stds:
+    RMS mean error < 0.15, median std ratio within 7 %; coverage of the truths within 4 / 3
+    points (68 % / 95 %) of the analytic posterior's own coverage on the same objects (the
+    paired difference) over all 600, within 6 / 4 over the ~240 without oh12."""
+    problem, post = chain_toy
+    test, truth, measured, summ = chain_summary
+    assert post.targets == LG_TARGETS and 0.35 < 1 - measured.mean() < 0.45
+    mean, sd = problem.post_mean(test), np.sqrt(np.diag(problem.post_cov))
+    for rows, tol68, tol95 in ((np.ones(len(truth), bool), 0.04, 0.03),
+                               (~measured, 0.06, 0.04)):
+        for j, t in enumerate(LG_TARGETS[:2]):
+            dz = (summ[f"{t}_mean"] - mean[:, j])[rows] / sd[j]
+            assert np.sqrt(np.mean(dz ** 2)) < 0.15, (t, rows.sum())
+            assert np.median(summ[f"{t}_std"][rows] / sd[j]) == pytest.approx(1.0, abs=0.07), t
+            x, z = truth[rows, j], np.abs(truth[rows, j] - mean[rows, j]) / sd[j]
+            for lo, hi, zq, tol in (("q16", "q84", 0.9944579, tol68),
+                                    ("q025", "q975", 1.959964, tol95)):
+                cov = np.mean((x >= summ[f"{t}_{lo}"][rows]) & (x <= summ[f"{t}_{hi}"][rows]))
+                assert abs(cov - np.mean(z <= zq)) < tol, (t, lo, rows.sum(), cov)
+
+
+@pytest.mark.slow
+def test_chain_rule_conditions_metallicity_on_sampled_core(chain_toy, chain_summary):
+    """oh12 | log_mstar is N(8.8 + 0.4 (log_mstar - 10), 0.03^2) whatever the photometry, so
+    within one galaxy the sampled oh12 must follow the sampled log_mstar (correlation ~0.94
+    analytically) and the oh12 posterior is Gaussian with a known mean and std. Checked where
+    oh12 was measured (the oh12 field never sees the other galaxies' metallicities)."""
+    problem, post = chain_toy
+    test, truth, measured, summ = chain_summary
+    s = summ["samples"]
+    rows = np.flatnonzero(measured)[:50]
+    corr = np.array([np.corrcoef(s[i, :, 0], s[i, :, 2])[0, 1] for i in rows])
+    slope = np.array([np.polyfit(s[i, :, 0], s[i, :, 2], 1)[0] for i in rows])
+    assert corr.mean() > 0.85 and corr.min() > 0.6
+    assert np.median(slope) == pytest.approx(OH_SLOPE, rel=0.15)
+    sd_m = math.sqrt(problem.post_cov[0, 0])
+    sd_oh = math.sqrt(OH_SLOPE ** 2 * sd_m ** 2 + OH_NOISE ** 2)
+    mean_oh = 8.8 + OH_SLOPE * (problem.post_mean(test)[:, 0] - 10)
+    m = measured
+    assert np.sqrt(np.mean(((summ["oh12_mean"] - mean_oh) / sd_oh)[m] ** 2)) < 0.2
+    assert np.median(summ["oh12_std"][m]) == pytest.approx(sd_oh, rel=0.1)
+    x, z = truth[m, 2], np.abs(truth[m, 2] - mean_oh[m]) / sd_oh
+    cov68 = np.mean((x >= summ["oh12_q16"][m]) & (x <= summ["oh12_q84"][m]))
+    assert abs(cov68 - np.mean(z <= 0.9944579)) < 0.05, cov68
 
 
 # ----------------------------------------------------------------------------------------------
@@ -647,15 +659,16 @@ def test_choose_solver_on_trained_toy(chain_toy):
     and counted, coverage per target where it is known, log q where every target is); the
     choice agrees within the tolerances and is the cheapest that does. RK4-10 and RK4-20
     agree with RK4-100 within 0.01 posterior std on this kind of problem (above), so the choice
-    costs at most RK4-10's 40 evaluations."""
-    problem, post, *_ = chain_toy
-    val, _, measured = lg_rows(problem, 150, seed=12)
+    costs at most RK4-10's 40 evaluations. 100 rows x 100 samples: one row crossing an
+    interval bound moves a coverage by 1 point."""
+    problem, post = chain_toy
+    val, _, measured = lg_rows(problem, 101, seed=12)
     val["mag_g"][0] = np.nan
-    choice = choose_solver(post, val, n=200, seed=0)
+    choice = choose_solver(post, val, n=100, seed=0)
     m = choice["measurements"]
     assert list(m) == ["rk4-100", *SOLVER_CANDIDATES]
-    assert (choice["reference"], choice["samples"]) == ("rk4-100", 200)
-    assert choice["rows"] == 149 and choice["rows_skipped"] == 1
+    assert (choice["reference"], choice["samples"]) == ("rk4-100", 100)
+    assert choice["rows"] == 100 and choice["rows_skipped"] == 1
     assert choice["rows_log_q"] == int(measured[1:].sum())
     ref = m["rk4-100"]
     assert ref["agrees"] and ref["evaluations"] == 400
@@ -672,7 +685,7 @@ def test_choose_solver_on_trained_toy(chain_toy):
     assert best["agrees"]
     assert best["evaluations"] == min(r["evaluations"] for r in m.values() if r["agrees"])
     assert best["evaluations"] <= 40
-    assert post.solver == "rk4-10"                       # measuring does not change the model
+    assert post.solver == "midpoint-10"                  # measuring does not change the model
 
 
 def test_choose_solver_stores_its_choice(toy, tmp_path):
@@ -752,8 +765,9 @@ def test_save_load_image_model(tmp_path):
 
 @pytest.mark.slow
 def test_save_load_metallicity_branch(chain_toy, tmp_path):
-    problem, post, test, truth, *_ = chain_toy
-    rows = {k: v[:5] for k, v in test.items()}
+    problem, post = chain_toy
+    test, truth, _ = lg_rows(problem, 5, seed=6)
+    rows = test
     post.save(str(tmp_path / "chain"))
     loaded = load_posterior(str(tmp_path / "chain"))
     assert loaded.targets == LG_TARGETS and loaded.config == post.config
@@ -762,7 +776,7 @@ def test_save_load_metallicity_branch(chain_toy, tmp_path):
         assert torch.equal(v, loaded.state_dict()[k]), k
     assert any(k.startswith("estimator.oh12_velocity.") for k in loaded.state_dict())
     assert torch.equal(post.sample(rows, 30, seed=1), loaded.sample(rows, 30, seed=1))
-    assert torch.equal(post.log_prob(truth[:5], rows), loaded.log_prob(truth[:5], rows))
+    assert torch.equal(post.log_prob(truth, rows), loaded.log_prob(truth, rows))
     a, b = post.summarize(rows, 20, seed=2), loaded.summarize(rows, 20, seed=2)
     np.testing.assert_array_equal(a[DETECT_COLUMN], b[DETECT_COLUMN])
 
