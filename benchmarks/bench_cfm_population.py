@@ -1,9 +1,10 @@
 """Accuracy and calibration of the CFM on every kind of galaxy of the mock survey.
 
 About four in ten galaxies of the mock survey (and of SDSS) are quenched: no measurable
-gas-phase metallicity. This script trains, the same way and on the same photometry-only mock
-(``raygal.sim``, split by ``raygal.pipelines.split_of``), three posteriors over the CFM targets
-(log M*, log SFR, 12+log(O/H), Dn(4000), A_V):
+gas-phase metallicity. This script trains, the same way (AdamW, one-cycle schedule, the weights of the best
+validation loss kept) and on the same photometry-only mock (``raygal.sim``, split by
+``raygal.pipelines.split_of``), three posteriors over the CFM targets (log M*, log SFR,
+12+log(O/H), Dn(4000), A_V):
 
 - ``cfm-joint``: the paper's joint field (``metallicity=False``), which learns only from the
   galaxies with every target measured, i.e. star-forming ones;
@@ -32,10 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raygal.evaluate.metrics import point_metrics, summary_coverage  # noqa: E402
+from raygal.evaluate.metrics import (binary_classifier_metrics, point_metrics,  # noqa: E402
+                                     summary_coverage)
 from raygal.inputs import STATUS_OK, StatsAccumulator, as_numpy_batch, row_status  # noqa: E402
 from raygal.models.cfm import FlowMatchingPosterior  # noqa: E402
-from raygal.models.nf import FlowPosterior  # noqa: E402
+from raygal.models.nf import DETECT_COLUMN, FlowPosterior  # noqa: E402
 from raygal.pipelines import split_of  # noqa: E402
 from raygal.schema import CFM_TARGETS  # noqa: E402
 from raygal.sim import simulate_batch  # noqa: E402
@@ -49,6 +51,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="a smoke run with tiny sizes")
     p.add_argument("--n", type=int, default=None, help="mock galaxies (6000; quick 600)")
     p.add_argument("--seed", type=int, default=1, help="mock survey seed")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="fraction of the galaxies held out for the test (by objid hash)")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " +
                    ", ".join(MODELS))
     p.add_argument("--steps", type=int, default=None, help="training steps (4000; quick 30)")
@@ -79,17 +83,16 @@ def parse_args(argv):
 # data
 # ----------------------------------------------------------------------------------------------
 
-def mock_split(n: int, seed: int) -> dict:
-    """{'train', 'test'}: (rows as a dict of numpy columns, quenched [N] bool) of ``n`` mock
-    galaxies without images; train holds the train and validation splits."""
+def mock_split(n: int, seed: int, test_fraction: float = 0.1) -> dict:
+    """{'train', 'val', 'test'}: (rows as a dict of numpy columns, quenched [N] bool) of ``n``
+    mock galaxies without images, split by ``split_of``: 10 % for validation,
+    ``test_fraction`` for the test (0.1: the default split), the rest for training."""
     table, truth = simulate_batch(n, seed=seed, with_images=False, return_truth=True)
     rows = as_numpy_batch(table)
-    which = split_of(rows["objid"])
+    which = split_of(rows["objid"], (0.9 - test_fraction, 0.1, test_fraction))
     quenched = np.asarray(truth["is_quenched"], bool)
-    out = {}
-    for name, keep in (("train", which != "test"), ("test", which == "test")):
-        out[name] = ({k: v[keep] for k, v in rows.items()}, quenched[keep])
-    return out
+    return {name: ({k: v[which == name] for k, v in rows.items()}, quenched[which == name])
+            for name in ("train", "val", "test")}
 
 
 def usable(rows: dict) -> dict:
@@ -112,18 +115,33 @@ def build(kind: str, stats, hidden: int):
                                  {"hidden": hidden, "metallicity": kind == "cfm"})
 
 
-def train(post, rows: dict, steps: int, batch_size: int, lr: float, seed: int = 0) -> dict:
-    """AdamW with a one-cycle schedule on shuffled mini-batches of ``rows``."""
+def validation_loss(post, data: dict, batch_size: int = 1024) -> float:
+    """Mean loss over prepared validation rows, with the noise draws fixed by the rows' ids
+    (eval mode), as the training loop's validation."""
+    post.eval()
+    n = len(data["objid"])
+    with torch.no_grad():
+        total = sum(float(post({k: v[i:i + batch_size] for k, v in data.items()})["loss"])
+                    * min(batch_size, n - i) for i in range(0, n, batch_size))
+    post.train()
+    return total / max(n, 1)
+
+
+def train(post, rows: dict, val_rows: dict, steps: int, batch_size: int, lr: float,
+          seed: int = 0, check_every: int = 100) -> dict:
+    """AdamW with a one-cycle schedule on shuffled mini-batches of ``rows``; every
+    ``check_every`` steps the validation loss is measured and the best weights are kept (the
+    training loop's early stopping exports the best validation epoch the same way)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    data = post.model_inputs.prepare(rows)
+    data, val = post.model_inputs.prepare(rows), post.model_inputs.prepare(val_rows)
     n = len(data["objid"])
     opt = torch.optim.AdamW(post.trainable_parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                 pct_start=0.1)
     post.train()
-    t0, losses = time.perf_counter(), []
-    for _ in range(steps):
+    t0, best, best_step, best_state = time.perf_counter(), float("inf"), 0, None
+    for step in range(1, steps + 1):
         idx = rng.integers(0, n, batch_size)
         out = post({k: v[idx] for k, v in data.items()})
         opt.zero_grad()
@@ -131,10 +149,15 @@ def train(post, rows: dict, steps: int, batch_size: int, lr: float, seed: int = 
         torch.nn.utils.clip_grad_norm_(post.parameters(), 10.0)
         opt.step()
         sched.step()
-        losses.append(float(out["loss"].detach()))
+        if step % check_every == 0 or step == steps:
+            loss = validation_loss(post, val)
+            if loss < best:
+                best, best_step = loss, step
+                best_state = {k: v.detach().clone() for k, v in post.state_dict().items()}
+    post.load_state_dict(best_state)
     post.eval()
     return {"steps": steps, "rows": n, "seconds": time.perf_counter() - t0,
-            "final_loss": float(np.mean(losses[-max(1, steps // 10):]))}
+            "best_val_loss": best, "best_step": best_step}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,15 +185,21 @@ def population_metrics(summary: dict, rows: dict, quenched: np.ndarray, targets)
 
 def evaluate(post, rows: dict, quenched: np.ndarray, samples: int, solver: str | None,
              seed: int = 0) -> dict:
-    """Summaries of every test row, then ``population_metrics``; also the status counts."""
+    """Summaries of every test row, then ``population_metrics``, the status counts and, for
+    models with one, the detectability classifier against 'oh12 measured' (and its mean
+    probability on quenched galaxies)."""
     with post.with_solver(solver if post.solver is not None else None):
         t0 = time.perf_counter()
         summary = post.summarize(rows, samples, seed=seed)
         seconds = time.perf_counter() - t0
     status, counts = np.unique(summary["status"], return_counts=True)
-    return {"metrics": population_metrics(summary, rows, quenched, post.targets),
-            "status": dict(zip(status.tolist(), counts.tolist())),
-            "infer_seconds": seconds}
+    out = {"metrics": population_metrics(summary, rows, quenched, post.targets),
+           "status": dict(zip(status.tolist(), counts.tolist())), "infer_seconds": seconds}
+    if DETECT_COLUMN in summary:
+        p = summary[DETECT_COLUMN]
+        out["detect"] = {**binary_classifier_metrics(p, np.isfinite(rows["oh12"])),
+                         "mean_prob_quenched": float(np.nanmean(p[quenched]))}
+    return out
 
 
 def main(argv=None) -> dict:
@@ -185,20 +214,22 @@ def main(argv=None) -> dict:
 
 def _run(a) -> dict:
     print(f"mock survey: {a.n} galaxies (seed {a.seed}), photometry only ...", flush=True)
-    data = mock_split(a.n, a.seed)
-    train_rows = usable(data["train"][0])
+    data = mock_split(a.n, a.seed, a.test_fraction)
+    train_rows, val_rows = usable(data["train"][0]), usable(data["val"][0])
     test_rows, test_quenched = data["test"]
     stats = StatsAccumulator(CFM_TARGETS).update(train_rows).finalize()
     report = {"settings": {k: v for k, v in vars(a).items() if k != "json"},
-              "train_rows": len(train_rows["objid"]), "test_rows": len(test_rows["objid"]),
+              "train_rows": len(train_rows["objid"]), "val_rows": len(val_rows["objid"]),
+              "test_rows": len(test_rows["objid"]),
               "test_quenched": int(test_quenched.sum()), "models": {}}
     for kind in a.models:
         torch.manual_seed(0)
         post = build(kind, stats, a.hidden)
         lr = a.nf_lr if kind == "nf" else a.lr
         print(f"training {kind} ({a.steps} steps of {a.batch_size}, lr {lr}) ...", flush=True)
-        fit = train(post, train_rows, a.steps, a.batch_size, lr)
-        print(f"  {fit['seconds']:.0f} s, final loss {fit['final_loss']:.3f}", flush=True)
+        fit = train(post, train_rows, val_rows, a.steps, a.batch_size, lr)
+        print(f"  {fit['seconds']:.0f} s, best validation loss {fit['best_val_loss']:.3f} at "
+              f"step {fit['best_step']}", flush=True)
         res = evaluate(post, test_rows, test_quenched, a.samples, a.solver)
         report["models"][kind] = {"train": fit, **res}
         _print(kind, res)
@@ -209,6 +240,10 @@ def _run(a) -> dict:
 
 def _print(kind: str, res: dict) -> None:
     print(f"{kind}: status {res['status']}, inference {res['infer_seconds']:.0f} s")
+    if "detect" in res:
+        d = res["detect"]
+        print(f"  oh12 detectability: accuracy {d['accuracy']:.3f}, mean probability on "
+              f"quenched galaxies {d['mean_prob_quenched']:.3f}")
     head = f"  {'target':<10}" + "".join(f"{p + ' R2/c68/c95':>28}" for p in POPULATIONS)
     print(head)
     for t in next(iter(res["metrics"].values())):
