@@ -16,6 +16,16 @@ arXiv:1806.07366)::
 
 integrated backwards from t = 1, with the divergence computed exactly (D autograd passes; D is
 the number of targets, at most a handful).
+
+Metallicity is measurable only in star-forming galaxies (about six in ten in SDSS and in the
+mock survey), so by default 12+log(O/H) is not part of the joint field but follows the chain
+rule of the NF (``raygal.models.nf``)::
+
+    q(core, oh12 | x) = q(core | x) q(oh12 | core, x),     P(oh12 measurable | x)
+
+a core field learnt from every galaxy with its core targets, a small 1-d field for oh12 given
+the core values and x learnt from the galaxies where oh12 is measured, and a detectability
+classifier learnt from all. Each factor's density is exact by the formula above.
 """
 from __future__ import annotations
 
@@ -24,14 +34,19 @@ import math
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchdiffeq import odeint
 
-from ..schema import CFM_TARGETS
+from ..evaluate.metrics import interval_coverage
+from ..inputs import STATUS_OK, as_numpy_batch, target_matrix
+from ..schema import CFM_TARGETS, NF_METALLICITY_TARGET
 from .encoders import ConvEncoder
 from .estimator import ConditionalEstimator, Context
 from .nets import MLP, masked_mean
+from .nf import DETECT_COLUMN
 from .posterior import NeuralPosterior
 
 #: torchdiffeq's fixed-grid methods (velocity evaluations per step) ...
@@ -171,11 +186,20 @@ class FlowMatchingEstimator(ConditionalEstimator):
     - ``image_features`` (256), ``encoder_width`` (32): the ``ConvEncoder`` (image inputs);
     - ``phot_embed`` (0): 0 feeds the 5 standardised photometric features to the velocity MLP
       as they are; k > 0 embeds them first with a 2-layer MLP of width k;
-    - ``image_shape`` (None): [C, H, W] of the training cutouts. C defaults to 3 (gri).
+    - ``image_shape`` (None): [C, H, W] of the training cutouts. C defaults to 3 (gri);
+    - ``metallicity`` (True when 'oh12' is among two or more targets): the chain rule
+      q(core | x) q(oh12 | core, x) and a detectability classifier, as the NF's; False is
+      the paper's joint field over every target, learnt from the rows that have them all;
+    - ``oh12_hidden`` (64), ``oh12_layers`` (3): the 1-d oh12 velocity MLP on
+      [t; oh12; f_img; f_phot; core]; the classifier has 2 hidden layers of ``oh12_hidden``;
+    - ``bce_weight`` (1.0): weight of the classifier's binary cross-entropy in the loss.
 
-    The model is of the *joint* posterior: training rows missing any target are left out of
-    the loss (the path needs a complete theta_1). Each object's context is computed once and
-    broadcast to its n trajectories (``VelocityField.context_bias``).
+    The estimator's ``targets`` are the core targets (every target but oh12, in the order
+    given) followed by oh12, as the NF's. Missing targets (NaN) are never imputed: the core
+    field learns from the rows with every core target, the oh12 field from those that also
+    have oh12 (conditioned on their true core values; at inference on the sampled ones), the
+    classifier from every row. Each object's context is computed once and broadcast to its n
+    trajectories (``VelocityField.context_bias``).
     """
 
     #: rows x samples per ODE solve. Measured on 2 CPU cores: ~8k trajectories run 1.2-3x
@@ -186,8 +210,17 @@ class FlowMatchingEstimator(ConditionalEstimator):
     max_log_prob_rows: int = 1 << 14
 
     def __init__(self, targets, spec, config=None):
-        super().__init__(targets, spec, config)
+        c = dict(config or {})
+        names = tuple(CFM_TARGETS if targets is None else targets)
+        met = bool(c.get("metallicity", NF_METALLICITY_TARGET in names and len(names) > 1))
+        if met and (NF_METALLICITY_TARGET not in names or len(names) < 2):
+            raise ValueError(f"metallicity=True needs 'oh12' and at least one other target, "
+                             f"not {list(names)}")
+        core = tuple(t for t in names if not (met and t == NF_METALLICITY_TARGET))
+        super().__init__(core + ((NF_METALLICITY_TARGET,) if met else ()), spec, c)
+        self.core_targets, self.metallicity = core, met
         c = self.config
+        c["metallicity"] = met
         c.setdefault("hidden", 256)
         c.setdefault("layers", 3)
         c.setdefault("sigma", 0.05)
@@ -210,8 +243,17 @@ class FlowMatchingEstimator(ConditionalEstimator):
             n_ctx += c["phot_embed"]
         else:
             n_ctx += spec.n_phot
-        self.velocity = VelocityField(self.dim, n_ctx, c["hidden"], c["layers"])
-        #: velocity evaluations of the last ODE solve (per trajectory), for benchmarks.
+        self.velocity = VelocityField(len(core), n_ctx, c["hidden"], c["layers"])
+        if met:
+            c.setdefault("oh12_hidden", 64)
+            c.setdefault("oh12_layers", 3)
+            c.setdefault("bce_weight", 1.0)
+            self.oh12_velocity = VelocityField(1, n_ctx + len(core), c["oh12_hidden"],
+                                               c["oh12_layers"])
+            self.detect = MLP(n_ctx, 1, c["oh12_hidden"], 2)
+        #: velocity evaluations per trajectory of the last ``sample`` or ``log_prob`` call
+        #: (of its costliest ODE solve: with the metallicity branch there are two, one per
+        #: field, on the same grid), for benchmarks and ``choose_solver``.
         self.last_nfe = 0
 
     # -- solver setting -----------------------------------------------------------------------
@@ -260,7 +302,7 @@ class FlowMatchingEstimator(ConditionalEstimator):
             grid = {"grid_constructor": lambda f, y0, t: torch.linspace(
                 float(t[0]), float(t[-1]), steps + 1, dtype=t.dtype, device=t.device)}
             out = odeint(counted, y0, t, method=solver.method, options=grid)
-        self.last_nfe = nfe[0]
+        self.last_nfe = max(self.last_nfe, nfe[0])
         return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
 
     # -- networks -----------------------------------------------------------------------------
@@ -275,28 +317,65 @@ class FlowMatchingEstimator(ConditionalEstimator):
             parts.append(self.phot_net(ctx.phot) if self.config["phot_embed"] else ctx.phot)
         return torch.cat(parts, dim=-1)
 
-    def sample(self, ctx, n, generator=None):
-        bias = self.velocity.context_bias(self.features(ctx))[:, None, :]     # [B, 1, H]
-        z0 = torch.randn((len(ctx), n, self.dim), generator=generator, device=bias.device,
-                         dtype=bias.dtype)
-        return self._odeint(lambda t, z: self.velocity(t, z, bias), z0, 0.0, 1.0)
+    def _oh12_context(self, f: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
+        """[..., C + n_core] context of the oh12 field: the object's features ``f`` [B, C]
+        (broadcast over the trajectories of ``core`` [B, n, n_core], if it has them) and the
+        core values."""
+        if core.dim() == 3:
+            f = f[:, None].expand(-1, core.shape[1], -1)
+        return torch.cat([f, core.to(f.dtype)], dim=-1)
 
+    # -- sampling -----------------------------------------------------------------------------
+    def _sample_field(self, field: VelocityField, context: torch.Tensor, n: int,
+                      generator: torch.Generator | None) -> torch.Tensor:
+        """[B, n, dim] draws of one field, for a per-object context [B, 1, C] or a
+        per-trajectory one [B, n, C]."""
+        bias = field.context_bias(context)                                 # [B, 1 or n, H]
+        z0 = torch.randn((bias.shape[0], n, field.dim), generator=generator,
+                         device=bias.device, dtype=bias.dtype)
+        return self._odeint(lambda t, z: field(t, z, bias), z0, 0.0, 1.0)
+
+    def sample(self, ctx, n, generator=None):
+        self.last_nfe = 0
+        f = self.features(ctx)
+        core = self._sample_field(self.velocity, f[:, None], n, generator)  # [B, n, n_core]
+        if not self.metallicity:
+            return core
+        # The chain rule: oh12 | core, x with the core values just drawn, per trajectory.
+        oh12 = self._sample_field(self.oh12_velocity, self._oh12_context(f, core), n,
+                                  generator)
+        return torch.cat([core, oh12], dim=-1)
+
+    # -- densities ----------------------------------------------------------------------------
     def log_prob(self, theta, ctx):
+        self.last_nfe = 0
         step = max(1, int(self.max_log_prob_rows))
         return torch.cat([self._log_prob_chunk(theta[i:i + step], ctx.index(slice(i, i + step)))
                           for i in range(0, len(theta), step)])
 
     def _log_prob_chunk(self, z: torch.Tensor, ctx: Context) -> torch.Tensor:
+        f = self.features(ctx)
+        z = z.to(f.dtype)
+        nc = len(self.core_targets)
+        lp = self._log_density(self.velocity, z[:, :nc], f)
+        if self.metallicity:
+            lp = lp + self._log_density(self.oh12_velocity, z[:, nc:],
+                                        self._oh12_context(f, z[:, :nc]))
+        return lp
+
+    def _log_density(self, field: VelocityField, z: torch.Tensor, context: torch.Tensor
+                     ) -> torch.Tensor:
+        """[B] log density of one field at ``z`` [B, dim] given ``context`` [B, C]."""
         # Keep the graph through the divergence only if the caller wants gradients.
         create_graph = torch.is_grad_enabled()
-        bias = self.velocity.context_bias(self.features(ctx))                  # [B, H]
-        dim = self.dim
+        bias = field.context_bias(context)                                  # [B, H]
+        dim = field.dim
 
         def augmented(t, state):
             theta, _ = state
             with torch.enable_grad():
                 x = theta if theta.requires_grad else theta.detach().requires_grad_(True)
-                v = self.velocity(t, x, bias)
+                v = field(t, x, bias)
                 div = torch.zeros_like(v[:, 0])
                 for d in range(dim):
                     g, = torch.autograd.grad(v[:, d].sum(), x, retain_graph=True,
@@ -312,18 +391,53 @@ class FlowMatchingEstimator(ConditionalEstimator):
         log_base = -0.5 * (z0 ** 2).sum(-1) - 0.5 * dim * math.log(2 * math.pi)
         return log_base + delta
 
-    # -- training -----------------------------------------------------------------------------
-    def loss(self, theta, ctx, generator=None):
-        """Flow-matching MSE: {'loss': scalar with grad, 'mse': detached}.
+    def detect_prob(self, ctx: Context) -> torch.Tensor:
+        """[B] probability that the metallicity is measurable (the classifier)."""
+        if not self.metallicity:
+            raise ValueError("this model has no metallicity branch")
+        return torch.sigmoid(self.detect(self.features(ctx))).squeeze(-1)
 
-        Rows missing any target do not count; a batch with no complete row gives a zero loss
-        that still reaches every parameter (DDP needs the same graph on every worker)."""
-        complete = torch.isfinite(theta).all(dim=-1)
-        theta1 = torch.nan_to_num(theta)
+    def extras(self, ctx: Context) -> dict[str, torch.Tensor]:
+        return {DETECT_COLUMN: self.detect_prob(ctx)} if self.metallicity else {}
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        return (DETECT_COLUMN,) if self.metallicity else ()
+
+    # -- training -----------------------------------------------------------------------------
+    def _field_mse(self, field: VelocityField, theta1: torch.Tensor, context: torch.Tensor,
+                   rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Flow-matching MSE of one field on data ``theta1`` [B, dim] (NaN-free) given
+        ``context`` [B, C], averaged over ``rows`` [B] (bool)."""
         t, theta_t, u = self.path.sample(theta1, generator)
-        v = self.velocity(t, theta_t, self.velocity.context_bias(self.features(ctx)))
-        mse = masked_mean(((v - u) ** 2).mean(dim=-1), complete)
-        return {"loss": mse, "mse": mse.detach()}
+        v = field(t, theta_t, field.context_bias(context))
+        return masked_mean(((v - u) ** 2).mean(dim=-1), rows)
+
+    def loss(self, theta, ctx, generator=None):
+        """{'loss': scalar with grad, 'mse': the flow-matching part, detached}; with the
+        metallicity branch also its parts 'mse_core', 'mse_oh12' and 'bce'.
+
+        Each term is a mean over the rows it is defined on (class docstring); a batch with no
+        such row gives a zero term that still reaches every parameter, so the graph is the
+        same on every batch and every worker (DistributedDataParallel needs it)."""
+        f = self.features(ctx)
+        present = torch.isfinite(theta)
+        y = torch.nan_to_num(theta).to(f.dtype)
+        nc = len(self.core_targets)
+        core_ok = present[:, :nc].all(dim=-1)
+        mse_core = self._field_mse(self.velocity, y[:, :nc], f, core_ok, generator)
+        if not self.metallicity:
+            return {"loss": mse_core, "mse": mse_core.detach()}
+        has_oh12 = present[:, nc]
+        mse_oh12 = self._field_mse(self.oh12_velocity, y[:, nc:],
+                                   self._oh12_context(f, y[:, :nc]), has_oh12 & core_ok,
+                                   generator)
+        logit = self.detect(f).squeeze(-1)
+        bce = F.binary_cross_entropy_with_logits(logit, has_oh12.to(logit.dtype))
+        loss = mse_core + mse_oh12 + float(self.config["bce_weight"]) * bce
+        return {"loss": loss, "mse": (mse_core + mse_oh12).detach(),
+                "mse_core": mse_core.detach(), "mse_oh12": mse_oh12.detach(),
+                "bce": bce.detach()}
 
 
 class FlowMatchingPosterior(NeuralPosterior):
@@ -331,8 +445,10 @@ class FlowMatchingPosterior(NeuralPosterior):
     inputs of ``raygal.inputs.ModelInputs``.
 
     ``targets=None`` means ``raygal.schema.CFM_TARGETS`` (log M*, log SFR, 12+log(O/H),
-    Dn(4000), A_V); any D >= 1 works. The solver is settable after loading:
-    ``post.solver = 'rk4-10'`` or ``with post.with_solver(...)``.
+    Dn(4000), A_V); any D >= 1 works. With oh12 and the metallicity branch (the default), the
+    targets are ordered core first, oh12 last, and summaries carry ``oh12_detect_prob``. The
+    solver is settable after loading: ``post.solver = 'rk4-10'`` or
+    ``with post.with_solver(...)``; ``choose_solver`` measures which one to keep.
 
     >>> import numpy as np
     >>> from raygal.inputs import NormStats
@@ -350,6 +466,107 @@ class FlowMatchingPosterior(NeuralPosterior):
     estimator_class = FlowMatchingEstimator
     default_targets = CFM_TARGETS
 
+    @classmethod
+    def from_description(cls, desc: dict) -> "FlowMatchingPosterior":
+        # A model.json without 'metallicity' holds a joint field over every target.
+        config = {"metallicity": False, **desc["config"]}
+        return super().from_description({**desc, "config": config})
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the solver by measurement
+# ----------------------------------------------------------------------------------------------
+
+#: Solvers ``choose_solver`` tries by default (cheapest first).
+SOLVER_CANDIDATES = ("euler-10", "midpoint-5", "midpoint-10", "rk4-10", "rk4-20")
+#: ``choose_solver``'s default tolerances against the reference: the 68 % and 95 % coverage of
+#: the truths within this many percentage points of the reference's, for every target ...
+COVERAGE_TOLERANCE_POINTS = 1.0
+#: ... and the truths' log q within this many nats of the reference's, on average (mean
+#: absolute difference; a tenth of the smallest delta log p worth reporting).
+LOG_Q_TOLERANCE = 0.05
+
+
+def choose_solver(post, batch, candidates=SOLVER_CANDIDATES, n: int = 200, seed: int = 0,
+                  reference: str = DEFAULT_SOLVER,
+                  coverage_points: float = COVERAGE_TOLERANCE_POINTS,
+                  log_q_tol: float = LOG_Q_TOLERANCE, store: bool = False) -> dict:
+    """The cheapest ODE solver whose posteriors agree with ``reference`` (the paper's RK4-100)
+    on ``batch``, rows of galaxies with their true targets (e.g. validation rows).
+
+    Every solver samples ``n`` draws per row with the same ``seed`` (the same base draws, so
+    differences are the solver's, not Monte Carlo noise) and evaluates log q of the truths.
+    A candidate agrees when, for every target, its 68 % and 95 % coverage of the truths is
+    within ``coverage_points`` percentage points of the reference's (on the rows where the
+    target is known), and the mean |log q - log q_ref| over the rows with every target known
+    is below ``log_q_tol`` nats. Among those that agree, the fewest velocity evaluations per
+    trajectory wins (ties: the smaller log q difference); if none does, the reference.
+
+    Rows whose inputs are unusable, or with no known target, are left out (counted in
+    ``rows_skipped``). With ``store`` the choice becomes the model's solver and
+    ``post.config['solver_choice']`` records the measurements, so a saved model says why.
+
+    Returns {'solver', 'reference', 'tolerance', 'rows', 'rows_log_q', 'rows_skipped',
+    'samples', 'seed', 'measurements': {solver: {'evaluations', 'coverage68' {target: ...},
+    'coverage95', 'dcov68_points', 'dcov95_points' (largest |difference| over targets),
+    'dlogq_mean', 'dlogq_mad', 'agrees'}}}; the reference is among the measurements.
+    """
+    b = as_numpy_batch(batch)
+    truth = target_matrix(b, post.targets)                       # [B, D] model space
+    keep = (post.status(b) == STATUS_OK) & np.isfinite(truth).any(axis=1)
+    if not keep.any():
+        raise ValueError("choose_solver needs rows with usable inputs and known targets")
+    rows = {k: np.asarray(v)[keep] for k, v in b.items()}
+    truth = truth[keep]
+    complete = np.isfinite(truth).all(axis=1)
+    rows_complete = {k: v[complete] for k, v in rows.items()}
+
+    def measure(name: str) -> dict:
+        with post.with_solver(name):
+            s = post.sample(rows, n, space="model", seed=seed).cpu().numpy()
+            nfe = Solver.parse(name).evaluations
+            if nfe is None:
+                nfe = int(getattr(getattr(post, "estimator", None), "last_nfe", 0))
+            lq = (post.log_prob(truth[complete], rows_complete).cpu().numpy()
+                  if complete.any() else np.zeros(0))
+        out = {"evaluations": nfe, "coverage68": {}, "coverage95": {}, "log_q": lq}
+        for j, t in enumerate(post.targets):
+            known = np.isfinite(truth[:, j])
+            cov = interval_coverage(s[known, :, j], truth[known, j])
+            out["coverage68"][t], out["coverage95"][t] = cov["coverage68"], cov["coverage95"]
+        return out
+
+    reference = str(Solver.parse(reference))
+    results = {reference: measure(reference)}
+    for name in map(str, map(Solver.parse, candidates)):
+        if name not in results:
+            results[name] = measure(name)
+    ref = results[reference]
+    ref_log_q = ref["log_q"]
+    for r in results.values():
+        for level in ("68", "95"):
+            key = f"coverage{level}"
+            r[f"dcov{level}_points"] = max(
+                (100 * abs(r[key][t] - ref[key][t]) for t in post.targets
+                 if np.isfinite(ref[key][t])), default=0.0)
+        d = r.pop("log_q") - ref_log_q
+        r["dlogq_mean"] = float(d.mean()) if d.size else 0.0
+        r["dlogq_mad"] = float(np.abs(d).mean()) if d.size else 0.0
+        r["agrees"] = bool(r["dcov68_points"] <= coverage_points
+                           and r["dcov95_points"] <= coverage_points
+                           and r["dlogq_mad"] <= log_q_tol)
+    agreeing = [k for k, r in results.items() if r["agrees"]]
+    best = min(agreeing, key=lambda k: (results[k]["evaluations"], results[k]["dlogq_mad"]))
+    choice = {"solver": best, "reference": reference,
+              "tolerance": {"coverage_points": coverage_points, "log_q_nats": log_q_tol},
+              "rows": int(keep.sum()), "rows_log_q": int(complete.sum()),
+              "rows_skipped": int((~keep).sum()), "samples": n, "seed": seed,
+              "measurements": results}
+    if store:
+        post.set_solver(best)
+        post.config["solver_choice"] = choice
+    return choice
+
 
 __all__ = ["FlowMatchingPosterior", "FlowMatchingEstimator", "ProbabilityPath", "Solver",
-           "VelocityField", "DEFAULT_SOLVER"]
+           "VelocityField", "DEFAULT_SOLVER", "choose_solver", "SOLVER_CANDIDATES"]
