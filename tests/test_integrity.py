@@ -321,20 +321,26 @@ def test_two_infer_runs_on_one_output_do_not_both_work(tmp_path):
     make_dataset(data, n=600, rows_per_shard=50)
     model = make_model(str(tmp_path / "model"), data)
     cmd = cli("--ray-address", "local", "infer", "--model", model, "--data", data, "--out", out,
-              "--samples", "100000", "--actors", "1", "--batch-size", "10", "--block-rows", "50")
+              "--samples", "300000", "--actors", "1", "--batch-size", "10", "--block-rows", "50")
     first = start(cmd)
+    second = None
     try:
         assert wait_for(lambda: os.path.exists(os.path.join(out, LOCK_FILE)), first)
+        second = start(cmd)                                     # the CLI: one line, exit 2
         with pytest.raises(OutputBusy, match=r"post is being written by another job \(raygal "
                                              r"infer, pid"):
-            infer(model, data, out, samples=100000, batch_size=10, block_rows=50)
-        second = start(cmd)                                     # the CLI: one line, exit 2
-        _, err = second.communicate(timeout=120)
-        assert second.returncode == 2 and "being written by another job" in err
-        _, err = first.communicate(timeout=400)
+            infer(model, data, out, samples=300000, batch_size=10, block_rows=50)
+        _, err = second.communicate(timeout=300)
+        assert first.poll() is None, "the first job ended before the second was refused"
+        assert second.returncode == 2, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith("raygal infer: error: ")
+        assert "being written by another job" in err.strip().splitlines()[-1]
+        _, err = first.communicate(timeout=600)
         assert first.returncode == 0, err[-2000:]
     finally:
         kill(first)
+        if second is not None:
+            kill(second)
     s = storage.read_json(os.path.join(out, "_summary.json"))
     assert s["complete"] and s["shards_written"] == 12         # done once, by the first
     assert_unique_complete(catalog_table(out), 600)
