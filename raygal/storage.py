@@ -267,18 +267,23 @@ def write_bytes(uri: str, data: bytes) -> None:
 def create_exclusive(uri: str, data: bytes) -> bool:
     """Write ``data`` to ``uri`` only if no file is there; True if this call created it.
 
-    Local: ``O_CREAT | O_EXCL``. S3: a conditional PUT (``If-None-Match: *``) through s3fs,
-    which pyarrow's filesystem cannot send."""
+    Local: a hard link, which fails if the name exists. S3: a conditional PUT
+    (``If-None-Match: *``) through s3fs, which pyarrow's filesystem cannot send."""
     loc = parse_uri(uri)
     if not loc.is_s3:
+        # The content goes to a temporary file first and is hard-linked into place, which
+        # fails if the name exists: no one ever reads a created-but-empty file.
         os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        tmp = hidden_temp_path(loc.path)
+        with open(tmp, "wb") as f:
+            f.write(data)
         try:
-            fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, loc.path)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
+        finally:
+            os.unlink(tmp)
     fs, path = fsspec_fs(uri)
     try:
         fs.pipe_file(path, data, mode="create")

@@ -321,20 +321,26 @@ def test_two_infer_runs_on_one_output_do_not_both_work(tmp_path):
     make_dataset(data, n=600, rows_per_shard=50)
     model = make_model(str(tmp_path / "model"), data)
     cmd = cli("--ray-address", "local", "infer", "--model", model, "--data", data, "--out", out,
-              "--samples", "100000", "--actors", "1", "--batch-size", "10", "--block-rows", "50")
+              "--samples", "300000", "--actors", "1", "--batch-size", "10", "--block-rows", "50")
     first = start(cmd)
+    second = None
     try:
         assert wait_for(lambda: os.path.exists(os.path.join(out, LOCK_FILE)), first)
+        second = start(cmd)                                     # the CLI: one line, exit 2
         with pytest.raises(OutputBusy, match=r"post is being written by another job \(raygal "
                                              r"infer, pid"):
-            infer(model, data, out, samples=100000, batch_size=10, block_rows=50)
-        second = start(cmd)                                     # the CLI: one line, exit 2
-        _, err = second.communicate(timeout=120)
-        assert second.returncode == 2 and "being written by another job" in err
-        _, err = first.communicate(timeout=400)
+            infer(model, data, out, samples=300000, batch_size=10, block_rows=50)
+        _, err = second.communicate(timeout=300)
+        assert first.poll() is None, "the first job ended before the second was refused"
+        assert second.returncode == 2, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith("raygal infer: error: ")
+        assert "being written by another job" in err.strip().splitlines()[-1]
+        _, err = first.communicate(timeout=600)
         assert first.returncode == 0, err[-2000:]
     finally:
         kill(first)
+        if second is not None:
+            kill(second)
     s = storage.read_json(os.path.join(out, "_summary.json"))
     assert s["complete"] and s["shards_written"] == 12         # done once, by the first
     assert_unique_complete(catalog_table(out), 600)
@@ -345,35 +351,39 @@ def test_two_infer_runs_on_one_output_do_not_both_work(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def test_fault_injection_ingest(tmp_path):
+    """Kill `raygal ingest` (switching the output between catalogs A and B) at points spread
+    over a whole run, with random jitter: the output is always A or B, whole."""
     rng = np.random.default_rng(0)
     csvs = {"A": tmp_path / "a.csv", "B": tmp_path / "b.csv"}
-    write_skyserver_csv(csvs["A"], n=6000, seed=1)
-    write_skyserver_csv(csvs["B"], n=9000, seed=2)
+    write_skyserver_csv(csvs["A"], n=30000, seed=1)
+    write_skyserver_csv(csvs["B"], n=45000, seed=2)
     refs = {}
     for k, f in csvs.items():
         ref = str(tmp_path / f"ref_{k}")
         t0 = time.perf_counter()
-        r = start(cli("ingest", str(f), "--out", ref, "--rows-per-shard", "100"))
+        r = start(cli("ingest", str(f), "--out", ref, "--rows-per-shard", "50"))
         _, err = r.communicate(timeout=300)
         assert r.returncode == 0, err
         refs[k] = (fingerprint(ref), read_table(ref), time.perf_counter() - t0)
     out = str(tmp_path / "out")
-    ingest(str(csvs["A"]), out, rows_per_shard=100)
-    state = "A"
-    for i in range(6):
+    ingest(str(csvs["A"]), out, rows_per_shard=50)
+    state, outcomes = "A", []
+    for i, frac in enumerate((0.1, 0.3, 0.5, 0.7, 0.9, 1.5)):
         nxt = "B" if state == "A" else "A"
-        proc = start(cli("ingest", str(csvs[nxt]), "--out", out, "--rows-per-shard", "100"))
-        time.sleep(rng.uniform(0.2, 1.2) * refs[nxt][2])
+        proc = start(cli("ingest", str(csvs[nxt]), "--out", out, "--rows-per-shard", "50"))
+        time.sleep(frac * refs[nxt][2] * rng.uniform(0.8, 1.2))
         kill(proc)
         fp = fingerprint(out)
         found = [k for k, v in refs.items() if v[0] == fp]
         assert found, f"iteration {i}: {out} is neither version (fingerprint {fp})"
+        outcomes.append("new" if found[0] == nxt else "previous")
         state = found[0]                                       # one of the two, whole
         assert read_table(out).equals(refs[state][1])
         m = read_manifest(out)
         assert visible_parquet(out) == sorted(s["name"] for s in m["shards"])
+    assert {"new", "previous"} <= set(outcomes), outcomes       # both paths were taken
     # a killed writer's lease never blocks the next one
-    ingest(str(csvs["A"]), out, rows_per_shard=100)
+    ingest(str(csvs["A"]), out, rows_per_shard=50)
     assert fingerprint(out) == refs["A"][0]
 
 
