@@ -504,6 +504,12 @@ class ModelInputs:
             status[bad & (status == STATUS_OK)] = STATUS_BAD_CUTOUT
         return status
 
+    def trainable(self, batch) -> np.ndarray:
+        """[B] bool: rows a model can learn from. The training range is no limit here (it is
+        what the statistics describe, and statistics from another sample may be narrower)."""
+        status = self.status(batch)
+        return (status == STATUS_OK) | (status == STATUS_OUT_OF_DOMAIN)
+
     def arrays(self, batch, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Network inputs of ``rows`` (default: all) of a batch: ``phot``, ``image`` or
         ``features`` (see the class docstring)."""
@@ -539,7 +545,7 @@ class ModelInputs:
         b = as_numpy_batch(batch)
         check_training_batch(b, self.targets, self.uses_image and not self._has_features(b),
                              self.uses_phot)
-        bad = self.status(b) != STATUS_OK
+        bad = ~self.trainable(b)
         if bad.any():
             ids = np.asarray(b.get(ID_COLUMN, np.arange(batch_size(b))))
             raise ValueError(f"{int(bad.sum())} training row(s) unusable for inputs "

@@ -39,14 +39,14 @@ FEATURES_COLUMN = "vae_features"
 
 
 class _UsableRows:
-    """Keep the rows a model can train on: those its inputs adapter gives status 'ok' (finite
-    photometry, a usable cutout when the model uses images)."""
+    """Keep the rows a model can train on, as its inputs adapter decides (finite photometry, a
+    usable cutout when the model uses images)."""
 
     def __init__(self, model_inputs):
         self.model_inputs = model_inputs
 
     def __call__(self, batch):
-        keep = self.model_inputs.status(batch) == "ok"
+        keep = self.model_inputs.trainable(batch)
         return {k: v[keep] for k, v in batch.items()}
 
 
