@@ -293,7 +293,8 @@ class PartWriter:
         for start in range(0, rows.num_rows, self.batch_size):
             parts.append(self.summarize(rows.slice(start, self.batch_size)))
             if self.progress is not None:
-                self.progress.add.remote(min(self.batch_size, rows.num_rows - start))
+                self.progress.add.remote(min(self.batch_size, rows.num_rows - start),
+                                         time.time())
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         names, counts = np.unique(cols["status"].astype(str), return_counts=True)
         status = {str(k): int(v) for k, v in zip(names, counts)}
@@ -329,18 +330,21 @@ def _part_table(cols: dict[str, np.ndarray], meta: dict) -> pa.Table:
 
 
 class _Progress:
-    """Rows summarised so far, counted by the actors batch by batch (a Ray actor)."""
+    """Rows summarised so far, counted by the actors batch by batch (a Ray actor), with the
+    times the actors finished the first and the last batch."""
 
     def __init__(self):
-        self.rows, self.t_first, self.first_rows = 0, None, 0
+        self.rows, self.first_rows = 0, 0
+        self.t_first = self.t_last = None
 
-    def add(self, n: int) -> None:
-        if self.t_first is None:
-            self.t_first, self.first_rows = time.time(), int(n)
+    def add(self, n: int, t: float) -> None:
+        if self.t_first is None or t < self.t_first:
+            self.t_first, self.first_rows = t, int(n)
+        self.t_last = t if self.t_last is None else max(self.t_last, t)
         self.rows += int(n)
 
-    def get(self) -> tuple[int, float | None, int]:
-        return self.rows, self.t_first, self.first_rows
+    def get(self) -> tuple[int, float | None, int, float | None]:
+        return self.rows, self.t_first, self.first_rows, self.t_last
 
 
 class _ProgressPrinter(threading.Thread):
@@ -482,14 +486,13 @@ def _run_blocks(todo: list[Block], model_uri, data_uri, out_uri, settings, colum
             done[name] = _part_meta(by_name[name], digest, json.loads(str(row["status"])))
     finally:
         printer.stop_event.set()
-        rows, t_first, first_rows = ray.get(progress.get.remote())
+        rows, t_first, first_rows, t_last = ray.get(progress.get.remote())
         ray.kill(progress)
     if errors:
         raise _input_error(errors, out_uri, len(done), len(todo))
-    t_end = time.time()
-    steady = None
-    if t_first is not None and rows > first_rows and t_end > t_first:
-        steady = (rows - first_rows) / (t_end - t_first)
+    steady = None        # the rate after start-up: from the first batch done to the last
+    if t_first is not None and rows > first_rows and t_last > t_first:
+        steady = (rows - first_rows) / (t_last - t_first)
     return done, steady
 
 
