@@ -12,8 +12,11 @@ for every target, a conditional density estimator q(theta | x) on two feature se
 
 The estimator is a mixture density network (Bishop 1994): an MLP (3 x 64, SiLU) giving a
 K = 5 Gaussian mixture over the standardised target. Every target has its own network; the
-networks are trained side by side as one batched module (weights [T, in, out]) with Adam and
-stopped early per target on the validation split. Targets are in model space (``Target.forward``:
+networks are trained side by side as one batched module (weights [M, in, out]) with Adam and
+keep their best validation epoch. The comparison is made fair in two stages (``run``): the
+photometry nets are trained first, then continued beside a copy that also sees the latents
+(their input weights starting at zero), so the oracle starts where photometry ends and both
+get the same training. Targets are in model space (``Target.forward``:
 log1p for line fluxes); ``oh12`` is fitted where it is measured (non-null).
 
 Per target, on the held-out test split: R^2 of the mixture mean, the mean log q(theta* | x)
@@ -44,6 +47,8 @@ TARGETS = ("log_mstar", "log_sfr", "z", "oh12", "log_mbh", "dn4000", "av",
 ORACLE_LATENTS = ("lat_q_disk", "lat_q_bulge", "lat_bulge_fraction_g", "lat_bulge_fraction_r",
                   "lat_bulge_fraction_i", "lat_r_e_pix", "lat_r_bulge_pix", "lat_r_disk_pix",
                   "lat_n_knots", "lat_knot_fraction", "lat_lane_depth_r", "lat_psf_fwhm")
+#: Sizes enter in log: a physical size is then the angular one plus a function of redshift.
+LOG_LATENTS = ("lat_r_e_pix", "lat_r_bulge_pix", "lat_r_disk_pix")
 FEATURE_SETS = ("phot", "oracle")
 COVERAGE_LEVEL = 0.68
 
@@ -62,32 +67,34 @@ def load_survey(n: int, seed: int) -> dict:
     from raygal.inputs import as_numpy_batch, phot_matrix, target_matrix
     from raygal.pipelines import split_of
     from raygal.schema import ID_COLUMN, MAGERR_COLUMNS
-    from raygal.sim import simulate_batch
+    from raygal.sim import GENERATOR, simulate_batch
 
     batch = as_numpy_batch(simulate_batch(n, with_images=False, seed=seed, with_latents=True))
     phot = np.concatenate([phot_matrix(batch),
                            np.stack([np.asarray(batch[c], np.float64) for c in MAGERR_COLUMNS],
                                     axis=1)], axis=1)
-    lat = np.stack([np.asarray(batch[c], np.float64) for c in ORACLE_LATENTS], axis=1)
+    lat = np.stack([np.log(np.asarray(batch[c], np.float64)) if c in LOG_LATENTS
+                    else np.asarray(batch[c], np.float64) for c in ORACLE_LATENTS], axis=1)
     ok = np.isfinite(phot).all(1) & np.isfinite(lat).all(1)
     y = target_matrix(batch, TARGETS)
     return {"phot": phot[ok], "oracle": np.concatenate([phot, lat], axis=1)[ok], "y": y[ok],
-            "split": split_of(batch[ID_COLUMN])[ok], "n_simulated": n,
+            "split": split_of(batch[ID_COLUMN])[ok], "n_simulated": n, "generator": GENERATOR,
             "dropped": {"non-finite photometry or latent": int((~ok).sum())}}
 
 
 # ----------------------------------------------------------------------------------------------
-# T mixture density networks trained side by side
+# Mixture density networks trained side by side
 # ----------------------------------------------------------------------------------------------
 
-def _build(n_targets: int, n_in: int, hidden: int, depth: int, k: int):
+def _build(n_nets: int, n_in: int, hidden: int, depth: int, k: int, input_mask=None):
     import torch
 
     class MixtureDensityNets(torch.nn.Module):
-        """T independent MLPs x [B, F] -> a K-Gaussian mixture per target.
+        """M independent MLPs x [B, F] -> a K-Gaussian mixture each (one per target, or per
+        target and feature set). Net m sees x * input_mask[m] (1 = feature used).
 
-        ``forward(x)`` gives (log_w, mu, log_sigma), each [T, B, K], in standardised target
-        units; ``log_prob(x, y)`` with y [B, T] gives [T, B].
+        ``forward(x)`` gives (log_w, mu, log_sigma), each [M, B, K], in standardised target
+        units; ``log_prob(x, y)`` with y [B, M] gives [M, B].
         """
 
         def __init__(self):
@@ -96,15 +103,18 @@ def _build(n_targets: int, n_in: int, hidden: int, depth: int, k: int):
             self.weights = torch.nn.ParameterList()
             self.biases = torch.nn.ParameterList()
             for a, b in zip(sizes[:-1], sizes[1:]):
-                w = torch.empty(n_targets, a, b)
-                for t in range(n_targets):
+                w = torch.empty(n_nets, a, b)
+                for t in range(n_nets):
                     torch.nn.init.kaiming_uniform_(w[t].T, a=math.sqrt(5))
                 self.weights.append(torch.nn.Parameter(w))
-                self.biases.append(torch.nn.Parameter(torch.zeros(n_targets, 1, b)))
+                self.biases.append(torch.nn.Parameter(torch.zeros(n_nets, 1, b)))
+            mask = torch.ones(n_nets, 1, n_in) if input_mask is None else \
+                torch.as_tensor(input_mask, dtype=torch.float32).reshape(n_nets, 1, n_in)
+            self.register_buffer("input_mask", mask)
             self.k = k
 
         def forward(self, x):
-            h = x.unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+            h = x.unsqueeze(0) * self.input_mask
             for i, (w, b) in enumerate(zip(self.weights, self.biases)):
                 h = torch.baddbmm(b, h, w)
                 if i < len(self.weights) - 1:
@@ -115,38 +125,53 @@ def _build(n_targets: int, n_in: int, hidden: int, depth: int, k: int):
 
         def log_prob(self, x, y):
             log_w, mu, log_s = self(x)
-            yt = y.T.unsqueeze(-1)  # [T, B, 1]
+            yt = y.T.unsqueeze(-1)  # [M, B, 1]
             comp = -0.5 * ((yt - mu) / log_s.exp()) ** 2 - log_s - 0.5 * math.log(2 * math.pi)
             return torch.logsumexp(log_w + comp, -1)
 
     return MixtureDensityNets()
 
 
+def widen(model, n_in: int, input_mask, hidden: int, depth: int, k: int):
+    """Two copies of the trained nets ``model`` (T nets on the first F0 features) as 2T nets
+    on n_in >= F0 features: the weights of the new inputs start at zero, so every copy starts
+    with exactly the trained nets' predictions. ``input_mask`` [2T, n_in]."""
+    import torch
+
+    wide = _build(2 * len(model.weights[0]), n_in, hidden, depth, k, input_mask)
+    with torch.no_grad():
+        for i, (w, b) in enumerate(zip(model.weights, model.biases)):
+            wide.weights[i].zero_()
+            wide.weights[i][:, :w.shape[1]] = torch.cat([w, w])
+            wide.biases[i].copy_(torch.cat([b, b]))
+    return wide
+
+
 def _masked_nll(model, x, y):
-    """[T] mean negative log-likelihood per target over the rows where it is known."""
+    """[M] mean negative log-likelihood per net over the rows where its target is known."""
     import torch
 
     known = torch.isfinite(y)
-    lp = model.log_prob(x, torch.where(known, y, torch.zeros_like(y)))  # [T, B]
+    lp = model.log_prob(x, torch.where(known, y, torch.zeros_like(y)))  # [M, B]
     k = known.T.to(lp.dtype)
     return -(lp * k).sum(1) / k.sum(1).clamp_min(1.0)
 
 
-def fit(x_tr, y_tr, x_va, y_va, *, hidden=64, depth=3, k=5, lr=3e-3, batch=1024,
-        max_epochs=100, patience=10, seed=0, log=None):
-    """Train the T networks on standardised arrays (x [N, F], y [N, T], NaN = unknown); keep
-    each target's best validation epoch. Returns (model, {'epochs', 'best_epoch' [T]})."""
+def fit(model, x_tr, y_tr, x_va, y_va, *, lr=3e-3, batch=1024, max_epochs=100, patience=10,
+        seed=0, log=None):
+    """Train the M nets of ``model`` on standardised arrays (x [N, F], y [N, M], NaN =
+    unknown), each keeping its best validation epoch (epoch 0: the starting weights).
+    Returns {'epochs', 'best_epoch' [M]}."""
     import torch
 
     torch.manual_seed(seed)
     xt, yt = torch.as_tensor(x_tr, dtype=torch.float32), torch.as_tensor(y_tr, dtype=torch.float32)
     xv, yv = torch.as_tensor(x_va, dtype=torch.float32), torch.as_tensor(y_va, dtype=torch.float32)
-    n_t = yt.shape[1]
-    model = _build(n_t, xt.shape[1], hidden, depth, k)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_epochs, eta_min=lr / 20)
-    best = torch.full((n_t,), float("inf"))
-    best_epoch = torch.zeros(n_t, dtype=torch.long)
+    with torch.no_grad():
+        best = _masked_nll(model, xv, yv)
+    best_epoch = torch.zeros(len(best), dtype=torch.long)
     best_state = [p.detach().clone() for p in model.parameters()]
     gen = torch.Generator().manual_seed(seed)
     epoch = 0
@@ -167,14 +192,14 @@ def fit(x_tr, y_tr, x_va, y_va, *, hidden=64, depth=3, k=5, lr=3e-3, batch=1024,
             for p, s in zip(model.parameters(), best_state):
                 s[better] = p.detach()[better]
         if log and (epoch % 10 == 0 or epoch == 1):
-            log(f"    epoch {epoch:3d}  val nll per target (std units) "
+            log(f"    epoch {epoch:3d}  val nll per net (std units) "
                 + " ".join(f"{v:.3f}" for v in val.tolist()))
         if int((epoch - best_epoch).min()) > patience:
             break
     with torch.no_grad():
         for p, s in zip(model.parameters(), best_state):
             p.copy_(s)
-    return model, {"epochs": epoch, "best_epoch": best_epoch.tolist()}
+    return {"epochs": epoch, "best_epoch": best_epoch.tolist()}
 
 
 def mixture_summary(model, x) -> dict:
@@ -224,24 +249,45 @@ def metrics(mix: dict, y: np.ndarray, y_mean: np.ndarray, y_std: np.ndarray) -> 
 # The measurement
 # ----------------------------------------------------------------------------------------------
 
-def run(data: dict, feature_set: str, fit_kw: dict, log=None) -> list[dict]:
-    """Fit on the train split of ``data[feature_set]`` and score the test split."""
-    x, y, sp = data[feature_set], data["y"], data["split"]
+def run(data: dict, fit_kw: dict, log=None) -> dict[str, list[dict]]:
+    """Fit both feature sets on the train split and score the test split.
+
+    Stage 1 trains the photometry-only nets (``epochs``). Stage 2 continues them for half as
+    many epochs (learning rate / 3) beside a copy that also sees the latents, whose weights
+    start at zero (``widen``): both sets get the same training, the oracle starts where
+    photometry ends, and a target that gains nothing from the latents comes out even instead of
+    behind because a wider input converged more slowly. Returns {'phot': [T metrics],
+    'oracle': [T metrics]}.
+    """
+    x, y, sp = data["oracle"], data["y"], data["split"]
+    n_phot, n_t = data["phot"].shape[1], y.shape[1]
     tr, va, te = (sp == "train"), (sp == "val"), (sp == "test")
     x_mean, x_std = x[tr].mean(0), x[tr].std(0) + 1e-9
     y_mean, y_std = np.nanmean(y[tr], 0), np.nanstd(y[tr], 0)
+    xs = (x - x_mean) / x_std
+    ys = (y - y_mean) / y_std
+    arch = {k: fit_kw[k] for k in ("hidden", "depth", "k")}
+    train = {k: fit_kw[k] for k in ("lr", "batch", "patience", "seed")}
+    epochs = fit_kw["max_epochs"]
 
-    def xs(m):
-        return (x[m] - x_mean) / x_std
-
-    def ys(m):
-        return (y[m] - y_mean) / y_std
-
-    model, info = fit(xs(tr), ys(tr), xs(va), ys(va), log=log, **fit_kw)
-    res = metrics(mixture_summary(model, xs(te)), y[te], y_mean, y_std)
+    phot = _build(n_t, n_phot, **arch)
+    if log:
+        log("  stage 1: photometry only")
+    fit(phot, xs[tr, :n_phot], ys[tr], xs[va, :n_phot], ys[va], max_epochs=epochs, log=log,
+        **train)
+    mask = np.ones((2 * n_t, x.shape[1]))
+    mask[:n_t, n_phot:] = 0.0
+    both = widen(phot, x.shape[1], mask, **arch)
+    if log:
+        log("  stage 2: photometry (continued) and photometry + latents (oracle)")
+    info = fit(both, xs[tr], np.concatenate([ys[tr], ys[tr]], 1), xs[va],
+               np.concatenate([ys[va], ys[va]], 1), max_epochs=max(1, epochs // 2), log=log,
+               **{**train, "lr": train["lr"] / 3})
+    res = metrics(mixture_summary(both, xs[te]), np.concatenate([y[te], y[te]], 1),
+                  np.concatenate([y_mean, y_mean]), np.concatenate([y_std, y_std]))
     for r, e in zip(res, info["best_epoch"]):
-        r["best_epoch"] = int(e)
-    return res
+        r["best_epoch_stage2"] = int(e)
+    return {"phot": res[:n_t], "oracle": res[n_t:]}
 
 
 def format_table(result: dict) -> str:
@@ -274,26 +320,26 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     try:
         n = 2048 if args.quick else args.n
-        fit_kw = dict(hidden=32 if args.quick else args.hidden, k=args.components,
-                      max_epochs=3 if args.quick else args.epochs, patience=args.patience)
+        fit_kw = dict(hidden=32 if args.quick else args.hidden, depth=3, k=args.components,
+                      lr=3e-3, batch=1024, seed=0,
+                      max_epochs=2 if args.quick else args.epochs, patience=args.patience)
         t0 = time.perf_counter()
         data = load_survey(n, args.seed)
         t_sim = time.perf_counter() - t0
         counts = {s: int((data["split"] == s).sum()) for s in ("train", "val", "test")}
         print(f"oracle benchmark: {n} mock galaxies (seed {args.seed}) simulated in "
-              f"{t_sim:.1f} s; split {counts}; dropped {data['dropped']}", flush=True)
-        per_set, seconds = {}, {}
-        for fs in FEATURE_SETS:
-            t1 = time.perf_counter()
-            per_set[fs] = run(data, fs, fit_kw, log=print if args.verbose else None)
-            seconds[fs] = time.perf_counter() - t1
-            print(f"  {fs}: {data[fs].shape[1]} features, fitted in {seconds[fs]:.0f} s",
-                  flush=True)
+              f"{t_sim:.1f} s; split {counts}; dropped {data['dropped']}; features: "
+              f"phot {data['phot'].shape[1]}, oracle {data['oracle'].shape[1]}", flush=True)
+        t1 = time.perf_counter()
+        per_set = run(data, fit_kw, log=print if args.verbose else None)
+        seconds = time.perf_counter() - t1
+        print(f"  fitted in {seconds:.0f} s", flush=True)
     finally:
         torch.set_num_threads(threads)
     result = {
         "n": n, "seed": args.seed, "split": counts, "dropped": data["dropped"],
         "oracle_latents": list(ORACLE_LATENTS), "fit": fit_kw, "fit_seconds": seconds,
+        "generator": data["generator"],
         "targets": {t: {"phot": per_set["phot"][i], "oracle": per_set["oracle"][i],
                         "gap_log_q": per_set["oracle"][i]["mean_log_q"]
                         - per_set["phot"][i]["mean_log_q"]}

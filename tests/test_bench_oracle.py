@@ -69,3 +69,30 @@ def test_bench_image_latents_quick():
     # The model-free moments already see axis ratio and size in 64x64 cutouts.
     assert r["moments_r2"]["moment_q_vs_q_disk (B/T < 0.3)"] > 0.5
     assert r["moments_r2"]["moment_radius_vs_log_r_e"] > 0.5
+
+
+def test_oracle_starts_where_photometry_ends():
+    """The widened nets (photometry continued, photometry + latents) predict exactly what the
+    trained photometry nets do before stage 2, whatever the latents; the photometry copy never
+    sees them."""
+    import torch
+
+    import bench_oracle
+
+    torch.manual_seed(0)
+    arch = dict(hidden=16, depth=2, k=3)
+    phot = bench_oracle._build(4, 5, **arch)
+    mask = np.ones((8, 9))
+    mask[:4, 5:] = 0.0
+    wide = bench_oracle.widen(phot, 9, mask, **arch)
+    x = torch.randn(32, 9)
+    y = torch.randn(32, 4)
+    with torch.no_grad():
+        ref = phot.log_prob(x[:, :5], y)
+        got = wide.log_prob(x, torch.cat([y, y], 1))
+    assert torch.allclose(got[:4], ref, atol=1e-5) and torch.allclose(got[4:], ref, atol=1e-5)
+    # Gradients reach the oracle's latent weights, never the photometry copy's.
+    loss = -wide.log_prob(x, torch.cat([y, y], 1)).sum()
+    loss.backward()
+    g = wide.weights[0].grad
+    assert g[:4, 5:].abs().max() == 0 and g[4:, 5:].abs().max() > 0

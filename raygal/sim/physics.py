@@ -116,7 +116,7 @@ LINE_SNR_MIN = 3.0
 
 # --- the SDSS fibre (``aperture``) ---------------------------------------------------------
 METALLICITY_GRADIENT = -0.1  # dex per r_e (Sanchez et al. 2014)
-FIBRE_REF_RADIUS = 0.49      # median mean r / r_e of the disk light in the fibres of
+FIBRE_REF_RADIUS = 0.47      # median mean r / r_e of the disk light in the fibres of
                              # galaxies with a measured metallicity (survey seed 11)
 DN4000_SCATTER = 0.03
 
