@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from raygal.inputs import StatsAccumulator
+from raygal.models import load_posterior
 from raygal.models.cfm import FlowMatchingPosterior
 from raygal.schema import CFM_TARGETS
 
@@ -122,3 +123,18 @@ def test_quenched_galaxies_are_predicted(metrics):
         assert m["all"][t]["r2"] > 0.7, (t, m["all"][t])
     for t in ("log_mstar", "log_sfr", "dn4000"):
         assert m["quenched"][t]["r2"] > 0.0, (t, m["quenched"][t])
+
+
+def test_benchmark_quick(tmp_path):
+    """The benchmark runs end to end in its quick mode, accounts for every test row, and its
+    saved models load."""
+    threads = torch.get_num_threads()
+    r = bench.main(["--quick", "--save", str(tmp_path / "models")])
+    assert torch.get_num_threads() == threads
+    assert list(r["models"]) == list(bench.MODELS)
+    for kind, res in r["models"].items():
+        assert sum(res["status"].values()) == r["test_rows"], kind
+        assert set(res["metrics"]) == set(bench.POPULATIONS)
+        assert set(res["metrics"]["all"]) == set(CFM_TARGETS)
+        assert ("detect" in res) == (kind != "cfm-joint")
+        assert load_posterior(str(tmp_path / "models" / kind)).kind == kind.split("-")[0]
