@@ -67,6 +67,8 @@ def parse_args(argv):
     p.add_argument("--solver", default="rk4-10", help="CFM ODE solver at inference")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--save", default=None,
+                   help="also save each trained model under this folder (URI), as <kind>")
     a = p.parse_args(argv)
     a.n = a.n or (600 if a.quick else 6000)
     a.steps = a.steps or (30 if a.quick else 4000)
@@ -218,7 +220,7 @@ def _run(a) -> dict:
     train_rows, val_rows = usable(data["train"][0]), usable(data["val"][0])
     test_rows, test_quenched = data["test"]
     stats = StatsAccumulator(CFM_TARGETS).update(train_rows).finalize()
-    report = {"settings": {k: v for k, v in vars(a).items() if k != "json"},
+    report = {"settings": {k: v for k, v in vars(a).items() if k not in ("json", "save")},
               "train_rows": len(train_rows["objid"]), "val_rows": len(val_rows["objid"]),
               "test_rows": len(test_rows["objid"]),
               "test_quenched": int(test_quenched.sum()), "models": {}}
@@ -230,6 +232,8 @@ def _run(a) -> dict:
         fit = train(post, train_rows, val_rows, a.steps, a.batch_size, lr)
         print(f"  {fit['seconds']:.0f} s, best validation loss {fit['best_val_loss']:.3f} at "
               f"step {fit['best_step']}", flush=True)
+        if a.save:
+            post.save(f"{a.save.rstrip('/')}/{kind}")
         res = evaluate(post, test_rows, test_quenched, a.samples, a.solver)
         report["models"][kind] = {"train": fit, **res}
         _print(kind, res)

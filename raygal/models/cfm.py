@@ -173,6 +173,28 @@ class ProbabilityPath:
         return t, (1 - t) * theta0 + t * theta1 + self.sigma * eps, theta1 - theta0
 
 
+def split_metallicity(targets, metallicity: bool | None = None
+                      ) -> tuple[tuple[str, ...], bool]:
+    """(core targets, metallicity branch?) of the CFM for ``targets`` (None: ``CFM_TARGETS``).
+
+    ``metallicity`` None means True when 'oh12' is among two or more targets. With the branch
+    the core is every target but oh12, in the order given; without it, every target.
+
+    >>> split_metallicity(["log_mstar", "oh12", "av"])
+    (('log_mstar', 'av'), True)
+    >>> split_metallicity(["log_mstar", "oh12"], metallicity=False)
+    (('log_mstar', 'oh12'), False)
+    """
+    names = tuple(CFM_TARGETS if targets is None else targets)
+    if metallicity is None:
+        metallicity = NF_METALLICITY_TARGET in names and len(names) > 1
+    if metallicity and (NF_METALLICITY_TARGET not in names or len(names) < 2):
+        raise ValueError(f"metallicity=True needs 'oh12' and at least one other target, "
+                         f"not {list(names)}")
+    met = bool(metallicity)
+    return tuple(t for t in names if not (met and t == NF_METALLICITY_TARGET)), met
+
+
 class FlowMatchingEstimator(ConditionalEstimator):
     """q(theta | image, photometry) by conditional flow matching (Yunus et al. 2025), in
     standardised target space.
@@ -211,38 +233,18 @@ class FlowMatchingEstimator(ConditionalEstimator):
 
     def __init__(self, targets, spec, config=None):
         c = dict(config or {})
-        names = tuple(CFM_TARGETS if targets is None else targets)
-        met = bool(c.get("metallicity", NF_METALLICITY_TARGET in names and len(names) > 1))
-        if met and (NF_METALLICITY_TARGET not in names or len(names) < 2):
-            raise ValueError(f"metallicity=True needs 'oh12' and at least one other target, "
-                             f"not {list(names)}")
-        core = tuple(t for t in names if not (met and t == NF_METALLICITY_TARGET))
+        core, met = split_metallicity(targets, c.get("metallicity"))
         super().__init__(core + ((NF_METALLICITY_TARGET,) if met else ()), spec, c)
         self.core_targets, self.metallicity = core, met
         c = self.config
         c["metallicity"] = met
-        c.setdefault("hidden", 256)
-        c.setdefault("layers", 3)
-        c.setdefault("sigma", 0.05)
-        c.setdefault("solver", DEFAULT_SOLVER)
-        c.setdefault("rtol", 1e-5)
-        c.setdefault("atol", 1e-5)
-        c.setdefault("phot_embed", 0)
-        c.setdefault("image_shape", None)
+        for key, value in (("hidden", 256), ("layers", 3), ("sigma", 0.05),
+                           ("solver", DEFAULT_SOLVER), ("rtol", 1e-5), ("atol", 1e-5),
+                           ("phot_embed", 0), ("image_shape", None)):
+            c.setdefault(key, value)
         c["solver"] = str(Solver.parse(c["solver"]))
         self.path = ProbabilityPath(c["sigma"])
-        n_ctx = 0
-        if spec.image_shape is not None:
-            c.setdefault("image_features", 256)
-            c.setdefault("encoder_width", 32)
-            self.encoder = ConvEncoder(spec.image_shape[0], c["image_features"],
-                                       c["encoder_width"])
-            n_ctx += c["image_features"]
-        if spec.n_phot and c["phot_embed"]:
-            self.phot_net = MLP(spec.n_phot, c["phot_embed"], c["phot_embed"], 2)
-            n_ctx += c["phot_embed"]
-        else:
-            n_ctx += spec.n_phot
+        n_ctx = self._build_context_nets()
         self.velocity = VelocityField(len(core), n_ctx, c["hidden"], c["layers"])
         if met:
             c.setdefault("oh12_hidden", 64)
@@ -255,6 +257,23 @@ class FlowMatchingEstimator(ConditionalEstimator):
         #: (of its costliest ODE solve: with the metallicity branch there are two, one per
         #: field, on the same grid), for benchmarks and ``choose_solver``.
         self.last_nfe = 0
+
+    def _build_context_nets(self) -> int:
+        """The image encoder and photometry embedding the inputs call for; returns the width
+        C of the per-object context [f_img; f_phot]."""
+        c, spec, n_ctx = self.config, self.spec, 0
+        if spec.image_shape is not None:
+            c.setdefault("image_features", 256)
+            c.setdefault("encoder_width", 32)
+            self.encoder = ConvEncoder(spec.image_shape[0], c["image_features"],
+                                       c["encoder_width"])
+            n_ctx += c["image_features"]
+        if spec.n_phot and c["phot_embed"]:
+            self.phot_net = MLP(spec.n_phot, c["phot_embed"], c["phot_embed"], 2)
+            n_ctx += c["phot_embed"]
+        else:
+            n_ctx += spec.n_phot
+        return n_ctx
 
     # -- solver setting -----------------------------------------------------------------------
     @property
@@ -569,4 +588,5 @@ def choose_solver(post, batch, candidates=SOLVER_CANDIDATES, n: int = 200, seed:
 
 
 __all__ = ["FlowMatchingPosterior", "FlowMatchingEstimator", "ProbabilityPath", "Solver",
-           "VelocityField", "DEFAULT_SOLVER", "choose_solver", "SOLVER_CANDIDATES"]
+           "VelocityField", "DEFAULT_SOLVER", "choose_solver", "SOLVER_CANDIDATES",
+           "split_metallicity"]
