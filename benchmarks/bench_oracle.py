@@ -23,7 +23,7 @@ Per target, on the held-out test split: R^2 of the mixture mean, the mean log q(
 (nats, model space), the 68 % central-interval coverage, and the gap oracle - phot in mean
 log q. Prints a table and returns (and with --json writes) the numbers.
 
-    python benchmarks/bench_oracle.py                  # 60,000 galaxies (~48,000 to train)
+    python benchmarks/bench_oracle.py                  # 40,000 galaxies (~32,000 to train)
     python benchmarks/bench_oracle.py --n 120000 --json oracle.json
     python benchmarks/bench_oracle.py --quick          # seconds; what the tests run
 """
@@ -303,7 +303,7 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=60000, help="galaxies to simulate")
+    p.add_argument("--n", type=int, default=40000, help="galaxies to simulate")
     p.add_argument("--seed", type=int, default=0, help="mock survey seed")
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs")
     p.add_argument("--patience", type=int, default=10)

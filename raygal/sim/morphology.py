@@ -133,8 +133,8 @@ def draw_morphology(rng: np.random.Generator, cat: dict, flux_young: np.ndarray,
     lane_width = 0.3 * r_disk * q_disk
     lane_length = 1.2 * r_disk
 
-    return dict(bulge_fraction_r=bt_r, bulge_old_share=f_bulge_old, flux_bulge=flux_bulge, flux_disk=flux_disk,
-                flux_knots=flux_knots, r_bulge=r_bulge, r_disk=r_disk, q_bulge=q_bulge,
+    return dict(bulge_fraction_r=bt_r, bulge_old_share=f_bulge_old, flux_bulge=flux_bulge,
+                flux_disk=flux_disk, flux_knots=flux_knots, r_bulge=r_bulge, r_disk=r_disk, q_bulge=q_bulge,
                 q_disk=q_disk, knot_x=knot_x, knot_y=knot_y, knot_w=w, knot_sigma=knot_sigma,
                 n_knots=n_knots,
                 knot_fraction=flux_knots[:, 2] / flux_total[:, 2],
