@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from raygal.catalog import SETTINGS_FILE
 from raygal.shards import shard_uris
 
 
@@ -39,7 +40,7 @@ def train(model, table, steps: int, lr: float = 3e-3):
 def write_catalog(post, data: str, out: Path, model_uri: str, samples: int = 100,
                   split_std: bool = False, keep_samples: bool = False) -> str:
     """A posterior catalog as ``raygal.infer`` writes it (per input shard, same name, sorted by
-    objid, plus infer.json), made in-process without Ray."""
+    objid, plus _infer.json), made in-process without Ray."""
     out.mkdir(parents=True)
     for k, uri in enumerate(shard_uris(data)):
         t = pq.read_table(uri)
@@ -56,7 +57,7 @@ def write_catalog(post, data: str, out: Path, model_uri: str, samples: int = 100
                                   np.ascontiguousarray(v[order])) if k == "samples"
                               else pa.array(np.asarray(v)[order])) for k, v in cols.items()})
         pq.write_table(table, out / Path(uri).name)
-    (out / "infer.json").write_text(json.dumps(
+    (out / SETTINGS_FILE).write_text(json.dumps(
         {"model": model_uri, "data": data, "samples": samples, "solver": None,
          "keep_samples": keep_samples, "seed": 0, "targets": list(post.targets)}))
     return str(out)

@@ -117,12 +117,16 @@ def test_calibrated_on_quenched_galaxies(mock, metrics):
     posterior gets from 100 samples (``expected_coverage``) on the ~1,300 quenched test
     galaxies and on all ~3,000 (binomial errors on the quenched ones: 1.3 / 0.6 points; this
     small model was measured within 4 / 3). The metallicity is checked where it is measured.
-    Every test row comes out with status ok. (The joint field of the paper, trained the same
+    Every test row is accounted for: 'ok', or (a handful, < 0.5 %) 'out_of_domain' outside the
+    training photometry's range. (The joint field of the paper, trained the same
     way, covers 5-38 % / 25-65 % of the quenched galaxies' SFR, Dn4000 and A_V.)"""
     rows, quenched = mock["test"]
-    assert metrics["status"] == {"ok": len(quenched)}
+    status = metrics["status"]
+    assert set(status) <= {"ok", "out_of_domain"} and sum(status.values()) == len(quenched)
+    assert status.get("out_of_domain", 0) < 0.005 * len(quenched), status
     m = metrics["metrics"]
-    assert m["quenched"]["log_mstar"]["n"] == int(quenched.sum()) > 1000
+    assert int(quenched.sum()) - 15 <= m["quenched"]["log_mstar"]["n"] <= int(quenched.sum())
+    assert m["quenched"]["log_mstar"]["n"] > 1000
     c68, c95 = expected_coverage(0.68), expected_coverage(0.95)
     checks = [(pop, t) for pop in ("quenched", "all") for t in CORE]
     for pop, t in checks + [("star-forming", "oh12")]:

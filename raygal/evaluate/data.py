@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..catalog import SETTINGS_FILE, catalog_shards
+from ..catalog import catalog_shards, read_settings
 from ..inputs import STATUS_OK, phot_matrix
 from ..pipelines import hash_unit, split_of
 from ..schema import ID_COLUMN, MAG_COLUMNS, TARGETS
@@ -62,7 +62,7 @@ def objids(table) -> np.ndarray:
 
 def catalog_settings(catalog: str) -> dict:
     """The settings ``raygal infer`` wrote beside the catalog (model, targets, samples...)."""
-    return storage.read_json(storage.join(catalog, SETTINGS_FILE))
+    return read_settings(catalog)
 
 
 def eval_fraction(data: str, max_rows: int) -> float:

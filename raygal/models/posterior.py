@@ -177,7 +177,7 @@ class Posterior(abc.ABC):
 
     def set_solver(self, name: str) -> None:
         """Choose the ODE solver (an unknown name raises); an error for models without one."""
-        raise ValueError(f"solver {name!r}: this model ({self.kind}) has no ODE solver")
+        raise ValueError(f"this model ({self.kind}) has no ODE solver (asked for {name!r})")
 
     def with_solver(self, name: str | None, rtol: float | None = None,
                     atol: float | None = None):
@@ -361,8 +361,9 @@ def load_state_dict(uri: str, map_location="cpu") -> dict:
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{storage.join(uri, 'weights.pt')}: not a tensors-only weights file, "
-                         f"refused ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ValueError(f"{storage.join(uri, 'weights.pt')} cannot be loaded safely: not a "
+                         f"tensors-only weights file, refused ({type(exc).__name__}: {first})"
                          ) from None
 
 
