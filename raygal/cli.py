@@ -62,10 +62,14 @@ def _model_arg(uri: str, option: str, kinds: tuple[str, ...] | None = None) -> s
 def cmd_simulate(args) -> int:
     from .sim import simulate
 
+    from .progress import RateReporter
+
     t0 = time.perf_counter()
+    progress = RateReporter("simulate", total=args.n, unit="galaxies")
     m = simulate(args.n, args.out, image_size=args.image_size, seed=args.seed,
                  rows_per_shard=args.rows_per_shard, with_images=not args.no_images,
-                 with_latents=args.with_latents)
+                 with_latents=args.with_latents,
+                 progress=lambda done, n: progress.update(done - progress.done))
     dt = time.perf_counter() - t0
     print(f"simulated {m['num_rows']} galaxies into {len(m['shards'])} shard(s) at {args.out} "
           f"in {dt:.1f} s ({m['num_rows'] / dt:.0f} galaxies/s)")

@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .lease import Lease
+from .progress import format_rate
 from .models.posterior import read_model_description
 from .inputs import parse_inputs
 from .schema import (CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, cutout_mismatch, cutout_properties,
@@ -364,10 +365,8 @@ class _ProgressPrinter(threading.Thread):
                 rows = ray.get(self.progress.get.remote(), timeout=30)[0]
             except Exception:
                 continue
-            rate = rows / max(time.time() - self.t0, 1e-9)
-            eta = (self.total - rows) / rate if rate > 0 else float("inf")
-            print(f"[raygal infer] {rows}/{self.total} rows, {rate:.1f} posteriors/s, ETA "
-                  f"{eta:.0f} s, {self.parts_done()} part(s) published", file=sys.stderr,
+            print(format_rate("infer", rows, time.time() - self.t0, self.total, "posteriors",
+                              f"{self.parts_done()} part(s) published"), file=sys.stderr,
                   flush=True)
 
 

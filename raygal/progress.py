@@ -13,8 +13,17 @@ one class, so their lines look alike in a terminal and in ``ray job logs``.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+#: Seconds between progress lines, unless a caller says otherwise; the environment variable
+#: RAYGAL_PROGRESS_EVERY_S overrides it (e.g. 60 for quieter logs, 0 for a line per update).
+DEFAULT_EVERY_S = 5.0
+
+
+def default_every_s() -> float:
+    return float(os.environ.get("RAYGAL_PROGRESS_EVERY_S", DEFAULT_EVERY_S))
 
 
 def format_rate(label: str, done: int, elapsed_s: float, total: int | None = None,
@@ -31,14 +40,17 @@ def format_rate(label: str, done: int, elapsed_s: float, total: int | None = Non
 
 
 class RateReporter:
-    """Counts work done and prints a progress line every ``every_s`` seconds (None: never).
+    """Counts work done and prints a progress line every ``every_s`` seconds (None: never;
+    the default: ``default_every_s()``).
 
     ``total`` (optional) adds percent and ETA; ``unit`` names what is counted. ``finish``
     prints a closing line only if a progress line was printed before.
     """
 
-    def __init__(self, label: str, total: int | None = None, every_s: float | None = 5.0,
+    def __init__(self, label: str, total: int | None = None, every_s: float | None = -1.0,
                  unit: str = "rows", stream=None):
+        if every_s is not None and every_s < 0:
+            every_s = default_every_s()
         self.label, self.total, self.every_s, self.unit = label, total, every_s, unit
         self.stream = stream if stream is not None else sys.stderr
         self.t0 = self.last = time.perf_counter()

@@ -199,7 +199,7 @@ def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
 
     ckpt = Checkpoint(path=best["checkpoint_path"], filesystem=fs)
     model_uri = storage.join(cfg.out, "best", "model")
-    export_checkpoint(ckpt, model_uri)
+    export_checkpoint(ckpt, model_uri, solver_data=cfg.data)
     _write_results(cfg.out, rows)
     summary = {"results": rows, "best": best, "model_uri": model_uri,
                "max_concurrent_trials": concurrency}

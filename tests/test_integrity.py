@@ -396,7 +396,7 @@ def test_fault_injection_infer(tmp_path):
               "--samples", "50000", "--actors", "1", "--batch-size", "10", "--block-rows", "50")
     for i in range(3):
         proc = start(cmd)
-        time.sleep(rng.uniform(3, 30))
+        time.sleep(rng.uniform(3, 20))
         kill(proc)
         parts = visible_parquet(out)
         for name in parts:                 # every visible part is a whole, valid one
@@ -427,7 +427,7 @@ def test_fault_injection_train(tmp_path):
     for i in range(3):
         epochs += 1
         proc = start(cli(*base, "--epochs", str(epochs)))
-        time.sleep(rng.uniform(3, 45))
+        time.sleep(rng.uniform(3, 25))
         kill(proc)
         if os.path.exists(model):          # absent (never exported) or whole: loads and runs
             post = load_posterior(model)

@@ -58,9 +58,15 @@ def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket):
     cfg = TrainConfig(model="cfm", data=mock, out=out, inputs="image+phot",
                       targets=("log_mstar", "log_sfr"), epochs=3, workers=2, batch_size=64,
                       lr=1e-3, model_config={"hidden": 64, "encoder_width": 8,
-                                             "image_features": 32, "solver": "euler-4"})
+                                             "image_features": 32})
     s = fit(cfg)
     assert _improved(s)
+    # No solver given: the cheapest one that agrees with RK4-100 on validation galaxies is
+    # chosen at the end of training, and the saved model says why.
+    post = load_posterior(s["model_uri"])
+    choice = post.config["solver_choice"]
+    assert post.solver == choice["solver"] and choice["reference"] == "rk4-100"
+    assert 16 <= choice["rows"] <= 128 and choice["measurements"][post.solver]["agrees"]
     ckpts = [u for u in storage.listdir(f"{out}/ray/train/epoch-0002") if
              u.endswith("state.pt")]
     assert ckpts, "per-epoch checkpoint not on the S3 server"

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from .. import storage
 from ..inputs import target_matrix
 from ..pipelines import hash_unit
+from ..progress import RateReporter
 from ..schema import ID_COLUMN, get_target
 from . import metrics as M
 from .data import align, catalog_samples, objids, read_parquet, subset
@@ -78,12 +79,26 @@ def _truth(rows: pa.Table, targets) -> np.ndarray:
                           for t in targets if t in rows.column_names}, targets)
 
 
+#: Rows sampled at a time by ``draw`` (a progress line after each block, once it is slow).
+DRAW_BLOCK_ROWS = 64
+
+
 def draw(post, rows: pa.Table, n: int, seed: int = 0) -> CalibrationSamples:
-    """``n`` samples per row of ``rows`` (full input rows, sorted by objid) from ``post``."""
+    """``n`` samples per row of ``rows`` (full input rows, sorted by objid) from ``post``,
+    ``DRAW_BLOCK_ROWS`` rows at a time (block k with seed ``seed + k``), reporting progress."""
     import torch
 
     torch.manual_seed(seed)
-    theta = post.sample(rows, n, space="model", seed=seed).cpu().numpy()
+    progress = RateReporter("evaluate: posterior samples", total=rows.num_rows,
+                            unit="galaxies")
+    blocks = []
+    for k, start in enumerate(range(0, rows.num_rows, DRAW_BLOCK_ROWS)):
+        block = rows.slice(start, DRAW_BLOCK_ROWS)
+        blocks.append(post.sample(block, n, space="model", seed=seed + k).cpu().numpy())
+        progress.update(block.num_rows)
+    progress.finish()
+    theta = (np.concatenate(blocks) if blocks
+             else np.zeros((0, n, len(post.targets)), np.float32))
     return CalibrationSamples(objids(rows), list(post.targets), theta.astype(np.float64),
                               _truth(rows, post.targets), f"{n} samples from the model")
 
@@ -120,8 +135,13 @@ def information_gain(post, rows: pa.Table, cs: CalibrationSamples,
     k = min(int(kl_samples), cs.samples.shape[1])
     if prior is not None:
         lp = prior.log_prob(cs.truth)
-        lq_s = np.stack([post.log_prob(cs.samples[:, s], rows, space="model").cpu().numpy()
-                         for s in range(k)], 1)
+        progress = RateReporter("evaluate: KL", total=k, unit="draws")
+        lq_s = []
+        for s in range(k):
+            lq_s.append(post.log_prob(cs.samples[:, s], rows, space="model").cpu().numpy())
+            progress.update(1)
+        progress.finish()
+        lq_s = np.stack(lq_s, 1)
         lp_s = prior.log_prob(cs.samples[:, :k].reshape(-1, len(cs.targets))).reshape(cs.n, k)
         cs.per_galaxy.update(log_prior=lp, delta_log_p=M.delta_log_p(lq, lp),
                              kl=M.kl_mc(lq_s, lp_s))

@@ -20,11 +20,10 @@ Any format takes ``cutouts=<folder>`` to attach images named by objID.
 from __future__ import annotations
 
 import posixpath
-import sys
-import time
 
 from raygal import storage
 from raygal.lease import Lease
+from raygal.progress import RateReporter
 from raygal.shards import ON_DUPLICATE, ShardWriter
 from raygal.schema import CUTOUT_COLUMN, galaxy_schema
 
@@ -145,24 +144,16 @@ def _tables(fmt, uris, av, *, target, join_on, chunk_rows, report, mags, allow_m
             yield from readers.read_catalog(u, target=target, **checked)
 
 
-class _Progress:
-    """Rows read and written, printed to stderr every ``every_s`` seconds once an ingest has
-    run that long (short ones stay quiet)."""
+class _Progress(RateReporter):
+    """Rows written, with the rows read so far, printed to stderr every ``every_s`` seconds
+    once an ingest has run that long (short ones stay quiet)."""
 
     def __init__(self, report: IngestReport, out_uri: str, every_s: float | None):
-        self.report, self.out_uri, self.every_s = report, out_uri, every_s
-        self.t0 = self.last = time.perf_counter()
-        self.written = 0
+        super().__init__(f"ingest {out_uri}", every_s=every_s, unit="rows written")
+        self.report = report
 
-    def update(self, rows_written: int) -> None:
-        self.written += rows_written
-        now = time.perf_counter()
-        if self.every_s is None or now - self.last < self.every_s:
-            return
-        self.last = now
-        read = self.report.input_rows
-        print(f"[raygal ingest] {self.out_uri}: {read} rows read, {self.written} written, "
-              f"{read / (now - self.t0):.0f} rows/s", file=sys.stderr, flush=True)
+    def update(self, rows_written: int, extra: str = "") -> None:
+        super().update(rows_written, f"{self.report.input_rows} rows read")
 
 
 def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",

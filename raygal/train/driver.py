@@ -22,11 +22,13 @@ import math
 import uuid
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from ray.train import UserCallback
 
 from .. import storage
-from ..pipelines import augment, read_dataset, split, stats_for
-from ..shards import fingerprint, read_schema
+from ..pipelines import DEFAULT_FRACTIONS, augment, read_dataset, split, split_of, stats_for
+from ..shards import fingerprint, read_schema, shard_uris
 from ..inputs import NormStats, parse_inputs
 from ..schema import (CUTOUT_COLUMN, FLAGS_COLUMN, ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS,
                       cutout_properties, cutout_shape_of)
@@ -187,18 +189,80 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
                         datasets={"train": train_ds, "val": val_ds})
 
 
-def export_checkpoint(checkpoint, out_uri: str) -> dict:
+def export_checkpoint(checkpoint, out_uri: str, solver_data: str | None = None) -> dict:
     """Write the best-validation weights of a training checkpoint as a loadable model at
-    ``out_uri`` (a Posterior, or a VAE); returns the checkpoint's meta (config, history)."""
+    ``out_uri`` (a Posterior, or a VAE); returns the checkpoint's meta (config, history).
+
+    With ``solver_data`` (the training dataset), a model that integrates an ODE (the CFM) and
+    was given no solver in its ``model_config`` gets the cheapest solver that agrees with the
+    paper's RK4-100 on validation galaxies of that dataset (``choose_default_solver``); the
+    choice and its measurements are saved in the model (``model.json``: ``solver_choice``)."""
     with checkpoint.as_directory() as d:
         state, meta = load_checkpoint_state(d)
     stats = NormStats.from_dict(meta["stats"])
     model = build_model(meta["config"], stats, meta.get("image_shape"))
     model.load_state_dict(state.get("best_model") or state["model"])
+    if solver_data is not None and "solver" not in meta["config"].get("model_config", {}):
+        choose_default_solver(model, solver_data, meta["config"].get("split", DEFAULT_FRACTIONS))
     # Published in one step: a kill mid-export leaves the previous model whole.
     with storage.staged_folder(out_uri) as staging:
         model.save(staging)
     return meta
+
+
+#: Validation galaxies and draws per galaxy on which a CFM's default solver is chosen.
+SOLVER_ROWS = 128
+SOLVER_SAMPLES = 100
+
+
+def validation_rows(data_uri: str, fractions=DEFAULT_FRACTIONS, n: int = SOLVER_ROWS):
+    """Up to ``n`` rows of the validation split of ``data_uri`` (an Arrow table), read shard
+    by shard from the first, stopping as soon as there are enough: a small sample for the
+    driver, never the dataset."""
+    tables, have = [], 0
+    for uri in shard_uris(data_uri):
+        fs, path = storage.arrow_fs(uri)
+        t = pq.read_table(path, filesystem=fs)
+        keep = split_of(t.column(ID_COLUMN).to_numpy(), fractions) == "val"
+        t = t.filter(pa.array(keep))
+        tables.append(t.slice(0, n - have))
+        have += tables[-1].num_rows
+        if have >= n:
+            break
+    return pa.concat_tables(tables) if tables else None
+
+
+def choose_default_solver(model, data_uri: str, fractions=DEFAULT_FRACTIONS,
+                          rows: int = SOLVER_ROWS, samples: int = SOLVER_SAMPLES) -> dict | None:
+    """Set ``model``'s ODE solver to the cheapest one whose posteriors agree with RK4-100 on
+    up to ``rows`` validation galaxies of ``data_uri`` (``raygal.models.cfm.choose_solver``),
+    print the choice, and return it; None (the model unchanged) for models without an ODE
+    or when fewer than 16 validation galaxies are usable."""
+    from ..models.cfm import choose_solver
+    from ..models.posterior import Posterior
+
+    if not isinstance(model, Posterior) or model.solver is None:
+        return None
+
+    table = validation_rows(data_uri, fractions, rows)
+    if table is None or table.num_rows < 16:
+        log.warning("solver kept at %s: only %d validation galaxies to choose on",
+                    model.solver, 0 if table is None else table.num_rows)
+        return None
+    model.eval()
+    try:
+        choice = choose_solver(model, table, n=samples, store=True)
+    except ValueError as exc:       # no usable validation rows
+        log.warning("solver kept at %s: %s", model.solver, exc)
+        return None
+    m = choice["measurements"][choice["solver"]]
+    ref = choice["measurements"][choice["reference"]]
+    print(f"[{model.kind}] ODE solver {choice['solver']}: agrees with {choice['reference']} on "
+          f"{choice['rows']} validation galaxies (68/95 % coverage within "
+          f"{m['dcov68_points']:.1f}/{m['dcov95_points']:.1f} points, mean |d log q| "
+          f"{m['dlogq_mad']:.3f} nats) at {m['evaluations']} instead of "
+          f"{ref['evaluations']} evaluations per draw", flush=True)
+    return choice
 
 
 # -- which dataset a run trains on: checked before resuming ------------------------------------
@@ -240,7 +304,7 @@ def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = 
     if result.checkpoint is None:
         raise RuntimeError("training produced no checkpoint")
     model_uri = storage.join(cfg.out, "model")
-    meta = export_checkpoint(result.checkpoint, model_uri)
+    meta = export_checkpoint(result.checkpoint, model_uri, solver_data=cfg.data)
     summary = {"model_uri": model_uri, "history": meta["history"],
                "best_val_loss": min(h["val_loss"] for h in meta["history"]),
                "epochs_run": len(meta["history"]), "config": cfg.to_dict(),
