@@ -357,10 +357,9 @@ class _ProgressPrinter(threading.Thread):
             except Exception:
                 continue
             rate = rows / max(time.time() - self.t0, 1e-9)
-            eta = (self.total - rows) / rate if rate > 0 else float("inf")
+            eta = f"{(self.total - rows) / rate:.0f} s" if rate > 0 else "? (actors starting)"
             print(f"[raygal infer] {rows}/{self.total} rows, {rate:.1f} posteriors/s, ETA "
-                  f"{eta:.0f} s, {self.parts_done()} part(s) published", file=sys.stderr,
-                  flush=True)
+                  f"{eta}, {self.parts_done()} part(s) published", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
