@@ -378,8 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default=None, help="target name of an objID,<value> CSV "
                                                   "(e.g. oh12)")
     s.add_argument("--cutout-size", type=int, default=None, help="resize cutouts to this size")
-    s.add_argument("--rows-per-shard", type=int, default=4096,
-                   help="rows per Parquet shard (default 4096)")
+    s.add_argument("--rows-per-shard", type=int, default=None,
+                   help="rows per Parquet shard (default 4096, or 512 with cutouts: a writer "
+                        "holds one shard in memory)")
     s.add_argument("--on-duplicate", choices=["keep-first", "error"], default="keep-first",
                    help="an objid seen twice: keep the first row and count the rest in the "
                         "manifest (default), or refuse the input")

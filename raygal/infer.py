@@ -365,9 +365,10 @@ class _ProgressPrinter(threading.Thread):
                 rows = ray.get(self.progress.get.remote(), timeout=30)[0]
             except Exception:
                 continue
+            extra = f"{self.parts_done()} part(s) published"
             print(format_rate("infer", rows, time.time() - self.t0, self.total, "posteriors",
-                              f"{self.parts_done()} part(s) published"), file=sys.stderr,
-                  flush=True)
+                              extra + ("; actors starting" if rows == 0 else "")),
+                  file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,6 +391,9 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
     resumes with the same one."""
     if actors is not None:
         min_actors = max_actors = actors
+    # One spelling per place, so that a re-run given "./data" continues a catalog of "data".
+    model_uri, data_uri, out_uri = (storage.parse_uri(u).uri for u in
+                                    (model_uri, data_uri, out_uri))
     block_rows = DEFAULT_BLOCK_ROWS if block_rows is None else block_rows
     _check_options(samples, block_rows, batch_size, min_actors, max_actors)
     desc = check_compatible(model_uri, data_uri, allow_cutout_mismatch)
@@ -523,29 +527,28 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _finish(out_uri, blocks, done, settings, elapsed, rows_run, written, steady=None) -> dict:
-    """Write the catalog manifest (when every part is there) and the summary."""
+    """Check that every input row has its output row, then publish the catalog manifest and
+    the summary."""
     status: dict[str, int] = {}
     for m in done.values():
         for k, v in m.get("status", {}).items():
             status[k] = status.get(k, 0) + int(v)
-    complete = len(done) == len(blocks)
+    missing = [b.name for b in blocks if b.name not in done]
     n_in = sum(b.rows for b in blocks)
-    n_out = sum(b.rows for b in blocks if b.name in done)
-    if complete and sum(status.values()) != n_in:
-        raise RuntimeError(f"{out_uri}: {sum(status.values())} output rows for {n_in} inputs")
-    summary = {"complete": complete, "input_rows": n_in, "output_rows": n_out,
+    if missing or sum(status.values()) != n_in:     # a bug, never the user's: fail loudly
+        raise RuntimeError(f"{out_uri}: {sum(status.values())} output rows for {n_in} inputs "
+                           f"(parts missing: {missing[:5]})")
+    parts = [{"name": b.name, "shard": b.shard, "offset": b.offset, "num_rows": b.rows,
+              "status": done[b.name].get("status", {})} for b in blocks]
+    storage.write_json(storage.join(out_uri, CATALOG_MANIFEST), {
+        "format": "raygal-catalog", "num_rows": n_in, "parts": parts,
+        "data_fingerprint": settings["data_fingerprint"],
+        "model_fingerprint": settings["model_fingerprint"]})
+    summary = {"complete": True, "input_rows": n_in, "output_rows": n_in,
                "rows_per_status": status, "input_shards": len({b.shard for b in blocks}),
                "shards": len(blocks), "shards_written": written,
-               "shards_skipped": len(blocks) - written if complete else len(done) - written,
-               "elapsed_s": elapsed,
+               "shards_skipped": len(blocks) - written, "elapsed_s": elapsed,
                "posteriors_per_s": rows_run / elapsed if elapsed > 0 and rows_run else None,
                "steady_posteriors_per_s": steady, **settings}
-    if complete:
-        parts = [{"name": b.name, "shard": b.shard, "offset": b.offset, "num_rows": b.rows,
-                  "status": done[b.name].get("status", {})} for b in blocks]
-        storage.write_json(storage.join(out_uri, CATALOG_MANIFEST), {
-            "format": "raygal-catalog", "num_rows": n_out, "parts": parts,
-            "data_fingerprint": settings["data_fingerprint"],
-            "model_fingerprint": settings["model_fingerprint"]})
     storage.write_json(storage.join(out_uri, SUMMARY_FILE), summary)
     return summary

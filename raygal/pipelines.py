@@ -62,9 +62,10 @@ def dataset_info(uri: str) -> dict:
     m = read_manifest(uri)
     schema = read_schema(uri)
     return {"uri": uri, "num_rows": m["num_rows"], "num_shards": len(m["shards"]),
+            "version": m.get("version"), "fingerprint": fingerprint(uri),
             "cutout_shape": cutout_shape_of(schema), "columns": schema.names,
-            "dropped": m.get("dropped", {}), "flag_counts": m.get("flag_counts", {}),
-            "sources": m.get("sources", {})}
+            "dropped": m.get("dropped", {}), "duplicate_objids": m.get("duplicate_objids", []),
+            "flag_counts": m.get("flag_counts", {}), "sources": m.get("sources", {})}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -341,7 +341,8 @@ def remove_unpublished(uri: str, manifest: dict) -> None:
     keep = {s["name"] for s in manifest["shards"]}
     for f in storage.listdir(uri, hidden=True):
         name = posixpath.basename(f)
-        pending = name.startswith(".part-") and (PENDING_SUFFIX in name or ".tmp-" in name)
+        pending = name.startswith(".") and "part-" in name and (
+            PENDING_SUFFIX in name or ".tmp-" in name)
         if (SHARD_RE.match(name) and name not in keep) or pending or name == LEGACY_MANIFEST:
             try:
                 storage.delete(f)

@@ -506,6 +506,42 @@ def test_s3_ingest_reads_back_identical_to_local(s3_bucket, tmp_path):
     assert cutout_shape_of(read_schema(f"{s3_bucket}/out/imgs")) == (3, 32, 32)
 
 
+def test_s3_fits_cutouts_and_csv_catalogs_read_as_local(s3_bucket, tmp_path):
+    """FITS cutouts (several layouts, one with a NaN) and the text catalogs, read from s3://
+    exactly as from a local folder."""
+    write_image_set(tmp_path / "fits", ["fits_chw", "fits_hwc", "nan_fits", "fits_chw"])
+    (tmp_path / "csv").mkdir()
+    write_skyserver_csv(tmp_path / "csv" / "sky.csv")
+    write_lines(tmp_path / "csv" / "lines.csv", tmp_path / "csv" / "av.csv")
+    _upload(tmp_path / "fits", f"{s3_bucket}/in/fits")
+    _upload(tmp_path / "csv", f"{s3_bucket}/in/csv")
+    jobs = {"fits": ([str(tmp_path / "fits")], [f"{s3_bucket}/in/fits"]),
+            "sky": ([str(tmp_path / "csv" / "sky.csv")], [f"{s3_bucket}/in/csv/sky.csv"]),
+            "lines": ([str(tmp_path / "csv" / n) for n in ("lines.csv", "av.csv")],
+                      [f"{s3_bucket}/in/csv/{n}" for n in ("lines.csv", "av.csv")])}
+    got = {}
+    for name, (local, remote) in jobs.items():
+        lm = ingest(local, str(tmp_path / "out" / name))
+        got[name] = sm = ingest(remote, f"{s3_bucket}/out/{name}")
+        for key in ("num_rows", "dropped", "flag_counts", "cutout_shape", "shards"):
+            assert lm[key] == sm[key]
+        assert read_table(str(tmp_path / "out" / name)).equals(
+            read_table(f"{s3_bucket}/out/{name}"))
+    assert got["fits"]["cutout_shape"] == [3, 32, 32]
+    assert got["fits"]["extra"]["cutouts"]["bad"] == {"nonfinite": 1}
+    assert got["lines"]["num_rows"] == 12 and got["lines"]["flag_counts"]["SENTINEL"] == 2
+
+
+def test_ingest_prints_progress_when_it_runs_long(tmp_path, capfd):
+    write_skyserver_csv(tmp_path / "sky.csv", n=300)
+    ingest(str(tmp_path / "sky.csv"), str(tmp_path / "out"), chunk_rows=1,
+           progress_every_s=0.0)
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[raygal ingest]")]
+    assert lines and "rows read" in lines[-1] and "rows/s" in lines[-1]
+    ingest(str(tmp_path / "sky.csv"), str(tmp_path / "out"))        # short: quiet
+    assert "[raygal ingest]" not in capfd.readouterr().err
+
 
 def test_catalog_of_only_stars_gives_an_empty_dataset_that_says_why(tmp_path):
     src = tmp_path / "stars.csv"

@@ -145,15 +145,15 @@ def _tables(fmt, uris, av, *, target, join_on, chunk_rows, report, mags, allow_m
 
 
 class _Progress(RateReporter):
-    """Rows written, with the rows read so far, printed to stderr every ``every_s`` seconds
-    once an ingest has run that long (short ones stay quiet)."""
+    """Rows written (and read so far) into ``out_uri``, printed to stderr every ``every_s``
+    seconds once an ingest has run that long (short ones stay quiet)."""
 
     def __init__(self, report: IngestReport, out_uri: str, every_s: float | None):
-        super().__init__(f"ingest {out_uri}", every_s=every_s, unit="rows written")
-        self.report = report
+        super().__init__("ingest", every_s=every_s, unit="rows")
+        self.report, self.out_uri = report, out_uri
 
     def update(self, rows_written: int, extra: str = "") -> None:
-        super().update(rows_written, f"{self.report.input_rows} rows read")
+        super().update(rows_written, f"{self.report.input_rows} rows read, into {self.out_uri}")
 
 
 def ingest(inputs: list[str] | str, out_uri: str, *, format: str = "auto",
