@@ -31,8 +31,10 @@ def sdss_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A real local Ray sized for this 2-core machine, started once per test module."""
+def ray_local(s3_server):
+    """A real local Ray sized for this 2-core machine, started once per test module. It starts
+    after the local S3 server so that its worker processes inherit the server's endpoint and
+    throw-away credentials, as a cluster's workers inherit their node's."""
     import ray
 
     from raygal.runtime import configure_ray_data, init_ray

@@ -321,7 +321,7 @@ def test_two_infer_runs_on_one_output_do_not_both_work(tmp_path):
     make_dataset(data, n=600, rows_per_shard=50)
     model = make_model(str(tmp_path / "model"), data)
     cmd = cli("--ray-address", "local", "infer", "--model", model, "--data", data, "--out", out,
-              "--samples", "300000", "--actors", "1", "--batch-size", "10", "--block-rows", "50")
+              "--samples", "150000", "--actors", "1", "--batch-size", "10", "--block-rows", "50")
     first = start(cmd)
     second = None
     try:
@@ -329,7 +329,7 @@ def test_two_infer_runs_on_one_output_do_not_both_work(tmp_path):
         second = start(cmd)                                     # the CLI: one line, exit 2
         with pytest.raises(OutputBusy, match=r"post is being written by another job \(raygal "
                                              r"infer, pid"):
-            infer(model, data, out, samples=300000, batch_size=10, block_rows=50)
+            infer(model, data, out, samples=150000, batch_size=10, block_rows=50)
         _, err = second.communicate(timeout=300)
         assert first.poll() is None, "the first job ended before the second was refused"
         assert second.returncode == 2, err[-3000:]
