@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+from dataclasses import dataclass
 
 log = logging.getLogger("raygal")
 
@@ -44,3 +46,92 @@ def configure_ray_data(progress: bool = False) -> None:
         ctx.print_on_execution_start = progress
     except Exception:  # pragma: no cover - older Ray
         pass
+
+
+# -- what the cluster can grow to, for sizing workers and trials --------------------------------
+#: Where Ray's cluster launcher leaves the autoscaling config on the head node (where
+#: ``ray job submit`` runs the driver).
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """One kind of node: its resources and how many of it the cluster may have (-1: no
+    limit)."""
+    name: str
+    resources: dict
+    max_count: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The nodes a cluster can have: on an autoscaling cluster its configured node types (not
+    the nodes running when a job is submitted, often only the head), on a fixed cluster the
+    nodes it has. ``source`` says which."""
+    node_types: tuple
+    source: str
+
+    def total(self, key: str) -> float:
+        """The most of resource ``key`` the cluster can have (inf: no limit)."""
+        out = 0.0
+        for t in self.node_types:
+            r = float(t.resources.get(key, 0))
+            if r > 0 and t.max_count != 0:
+                if t.max_count < 0:
+                    return math.inf
+                out += r * t.max_count
+        return out
+
+    def largest_node(self, key: str = "CPU") -> float:
+        """The largest amount of ``key`` on one node."""
+        return max((float(t.resources.get(key, 0)) for t in self.node_types
+                    if t.max_count != 0), default=0.0)
+
+
+def node_types_from_autoscaler_config(config: dict) -> tuple:
+    """The node types of a Ray cluster-launcher config (``available_node_types``; the head
+    counts once)."""
+    head = config.get("head_node_type")
+    out = []
+    for name, t in (config.get("available_node_types") or {}).items():
+        count = 1 if name == head else int(t.get("max_workers",
+                                                  config.get("max_workers", 0)) or 0)
+        out.append(NodeType(name, dict(t.get("resources") or {}), count))
+    return tuple(out)
+
+
+def _gcs_node_types() -> tuple | None:
+    """Node types from the cluster config the autoscaler reports to Ray's GCS (what Ray Train
+    itself reads), or None when there is none."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:       # pragma: no cover - older Ray, or no GCS access
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return tuple(NodeType(g.name, dict(g.resources), int(g.max_count))
+                 for g in config.node_group_configs)
+
+
+def cluster_capacity(bootstrap_config: str = BOOTSTRAP_CONFIG) -> Capacity:
+    """What the running cluster can grow to: the autoscaler's node types when the cluster
+    autoscales (reported to the GCS, or the cluster launcher's config on the head node), else
+    the nodes alive now (a fixed cluster, or a local Ray: what it has is all it will have)."""
+    import ray
+
+    types = _gcs_node_types()
+    if types:
+        return Capacity(types, "autoscaler (GCS)")
+    path = os.path.expanduser(bootstrap_config)
+    if os.path.exists(path):
+        import yaml
+
+        with open(path) as f:
+            types = node_types_from_autoscaler_config(yaml.safe_load(f) or {})
+        if types:
+            return Capacity(types, f"autoscaler ({path})")
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return Capacity(tuple(NodeType(n.get("NodeID", "?")[:8], dict(n.get("Resources") or {}), 1)
+                          for n in nodes), "nodes alive")

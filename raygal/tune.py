@@ -131,18 +131,25 @@ def _trial(params: dict) -> None:
     trainer.fit()
 
 
-def max_concurrent(cfg: TrainConfig, cpus_per_worker: float) -> int:
-    """Trials that fit the cluster at once without starving Ray Data or deadlocking: one CPU
-    is kept for data tasks; GPUs bound it too."""
-    import ray
+#: the bound on trials at once where the cluster's growth has no limit (Tune queues the rest)
+UNBOUNDED_TRIALS = 1_000_000
 
-    res = ray.cluster_resources()
-    cpus = res.get("CPU", 1.0)
+
+def max_concurrent(cfg: TrainConfig, cpus_per_worker: float, capacity=None) -> int:
+    """Trials that fit the cluster at once without starving Ray Data or deadlocking: one CPU
+    is kept for data tasks; GPUs bound it too. Sized from what the cluster can grow to
+    (``raygal.runtime.cluster_capacity``), so an autoscaling cluster that starts with no
+    workers still runs trials side by side once its nodes come up."""
+    from .runtime import cluster_capacity
+
+    cap = capacity or cluster_capacity()
+    cpus = min(cap.total("CPU"), float(UNBOUNDED_TRIALS))
     per_trial = cfg.workers * cpus_per_worker + 0.01
     n = max(1, int(math.floor((cpus - 1.0) / per_trial + 1e-9)))
     if cfg.gpus_per_worker:
-        n = min(n, max(1, int(res.get("GPU", 0) // (cfg.workers * cfg.gpus_per_worker))))
-    return n
+        gpus = min(cap.total("GPU"), float(UNBOUNDED_TRIALS))
+        n = min(n, max(1, int(gpus // (cfg.workers * cfg.gpus_per_worker))))
+    return min(n, UNBOUNDED_TRIALS)
 
 
 def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
@@ -153,21 +160,26 @@ def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
     ``max_concurrent``, from the cluster's CPUs and GPUs)."""
     if max_concurrent_trials is not None and max_concurrent_trials < 1:
         raise ValueError(f"--max-concurrent-trials {max_concurrent_trials}: must be at least 1")
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from .train.driver import export_checkpoint
+    from .runtime import cluster_capacity
+
+    from .train.driver import export_checkpoint, trained_on
 
     space = to_tune_space(search_space or SEARCH_SPACES[cfg.model])
+    cap = cluster_capacity()
     if cfg.cpus_per_worker is None:
-        total = ray.cluster_resources().get("CPU", 1.0)
+        total = min(cap.total("CPU"), float(UNBOUNDED_TRIALS))
         # Each trial's workers share what is left after one CPU for data; the driver needs a
         # sliver (0 raises).
-        at_once = min(trials, max_concurrent_trials or int(total - 1) or 1)
+        at_once = min(trials, max_concurrent_trials or max(1, int(total - 1)))
         per = (total - 1.0) / max(1, at_once * cfg.workers)
         cfg.cpus_per_worker = max(0.25, min(1.0, per) - 0.01)
-    concurrency = max_concurrent_trials or max_concurrent(cfg, cfg.cpus_per_worker)
+    concurrency = min(trials, max_concurrent_trials or max_concurrent(cfg, cfg.cpus_per_worker,
+                                                                      cap))
+    print(f"[tune] {trials} trials, up to {concurrency} at once, {cfg.workers} worker(s) of "
+          f"{cfg.cpus_per_worker:.2f} CPU each (sized from {cap.source})", flush=True)
     base = cfg.to_dict()
     space["__base__"] = base
     fs, path = storage.arrow_fs(storage.join(cfg.out, "tune"))
@@ -199,7 +211,7 @@ def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
 
     ckpt = Checkpoint(path=best["checkpoint_path"], filesystem=fs)
     model_uri = storage.join(cfg.out, "best", "model")
-    export_checkpoint(ckpt, model_uri, solver_data=cfg.data)
+    export_checkpoint(ckpt, model_uri, heldout_data=trained_on(cfg))
     _write_results(cfg.out, rows)
     summary = {"results": rows, "best": best, "model_uri": model_uri,
                "max_concurrent_trials": concurrency}

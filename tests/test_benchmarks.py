@@ -46,3 +46,24 @@ def test_bench_infer_quick(ray_local):
         # the model alone in one process (the bound leaves room for a loaded machine)
         assert v["ratio"] < 10, (label, v)
         assert v["galaxies"] > 0
+
+
+def test_bench_sdss_cv_quick(ray_local):
+    """Five-fold cross-validation on the real SDSS samples, in its quick mode (one fold of 400
+    rows, 2 epochs): every method scored on the same held-out rows."""
+    import bench_sdss_cv
+
+    if not bench_sdss_cv.samples_folder().exists():
+        pytest.skip(f"real SDSS samples not present at {bench_sdss_cv.samples_folder()} (set "
+                    f"RAYGAL_SDSS_SAMPLES)")
+    r = bench_sdss_cv.main(["--quick", "--sample", "photoz", "--models", "nf"])
+    res = r["photoz"]
+    fold = res["folds"][0]
+    assert fold["test_rows"] + fold["train_rows"] == res["rows"] == 400
+    assert 40 < fold["test_rows"] < 130                       # a fifth, by the fold hash
+    for method in ("nf", "random_forest", "knn"):
+        z = fold[method]["targets"]["z"]
+        assert z["n"] > 0.8 * fold["test_rows"] and math.isfinite(z["r2"])
+        assert _positive(z["sigma_nmad"])
+    assert 0 <= fold["nf"]["targets"]["z"]["coverage68"] <= 1
+    assert res["mean"]["nf"]["z"]["r2"] == pytest.approx(fold["nf"]["targets"]["z"]["r2"])

@@ -51,6 +51,12 @@ def test_gaussian_two_workers_improves_and_loads(ray_local, mock, tmp_path):
     assert s["history"][0]["train_rows"] > 400
     _check_model(s["model_uri"], mock)
     assert storage.exists(str(tmp_path / "run" / "history.json"))
+    # the calibration check on held-out validation galaxies: in the summary and in the model
+    check = s["calibration"]
+    assert check["rows"] >= 16 and set(check["targets"]) == set(cfg.targets)
+    assert all(r["verdict"] in ("calibrated", "under-confident", "over-confident")
+               for r in check["targets"].values())
+    assert load_posterior(s["model_uri"]).config["calibration"] == check
 
 
 def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket):
@@ -67,6 +73,7 @@ def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket):
     choice = post.config["solver_choice"]
     assert post.solver == choice["solver"] and choice["reference"] == "rk4-100"
     assert 16 <= choice["rows"] <= 128 and choice["measurements"][post.solver]["agrees"]
+    assert s["calibration"]["rows"] == choice["rows"]       # the same validation galaxies
     ckpts = [u for u in storage.listdir(f"{out}/ray/train/epoch-0002") if
              u.endswith("state.pt")]
     assert ckpts, "per-epoch checkpoint not on the S3 server"

@@ -83,14 +83,15 @@ def _truth(rows: pa.Table, targets) -> np.ndarray:
 DRAW_BLOCK_ROWS = 64
 
 
-def draw(post, rows: pa.Table, n: int, seed: int = 0) -> CalibrationSamples:
+def draw(post, rows: pa.Table, n: int, seed: int = 0,
+         label: str = "evaluate: posterior samples") -> CalibrationSamples:
     """``n`` samples per row of ``rows`` (full input rows, sorted by objid) from ``post``,
-    ``DRAW_BLOCK_ROWS`` rows at a time (block k with seed ``seed + k``), reporting progress."""
+    ``DRAW_BLOCK_ROWS`` rows at a time (block k with seed ``seed + k``), reporting progress
+    under ``label``."""
     import torch
 
     torch.manual_seed(seed)
-    progress = RateReporter("evaluate: posterior samples", total=rows.num_rows,
-                            unit="galaxies")
+    progress = RateReporter(label, total=rows.num_rows, unit="galaxies")
     blocks = []
     for k, start in enumerate(range(0, rows.num_rows, DRAW_BLOCK_ROWS)):
         block = rows.slice(start, DRAW_BLOCK_ROWS)
@@ -198,3 +199,72 @@ def load(uri: str) -> CalibrationSamples:
                               .astype(np.float64),
                               t.column("truth").combine_chunks().to_numpy_ndarray()
                               .astype(np.float64), meta["source"], per)
+
+
+# ----------------------------------------------------------------------------------------------
+# The check at the end of training
+# ----------------------------------------------------------------------------------------------
+#: nominal levels of the central intervals the check counts
+CHECK_LEVELS = (0.68, 0.95)
+
+
+def heldout_check(post, rows: pa.Table, n: int = 100, seed: int = 0) -> dict:
+    """Coverage and PIT of ``post`` on held-out ``rows`` (galaxies with their true targets),
+    with a verdict per target, so that a miscalibrated model is seen before it is used.
+
+    For each target, on the rows where it is known: the 68 % and 95 % central-interval
+    coverage of the truths, each with its binomial standard error sqrt(p (1 - p) / N) at the
+    nominal p, and the KS p-value of the PIT against uniform. The verdict is 'calibrated' when
+    both coverages are within ``max(3 points, 2.5 standard errors)`` of nominal (a calibrated
+    model is flagged about once in 80 intervals by chance),
+    'under-confident' (intervals wider than needed) when a coverage is above that, and
+    'over-confident' when below. Rows whose inputs are unusable are left out (counted).
+
+    Returns {'rows', 'rows_skipped', 'samples', 'seed', 'targets': {target: {'n',
+    'coverage68', 'coverage95', 'se68', 'se95', 'pit_ks_pvalue', 'verdict'}}, 'calibrated'}.
+    """
+    from ..inputs import STATUS_OK, as_numpy_batch
+
+    ok = np.asarray(post.status(as_numpy_batch(rows)) == STATUS_OK)
+    usable = rows.filter(pa.array(ok))
+    cs = draw(post, usable, n, seed=seed, label=f"{post.kind}: calibration check")
+    out = {"rows": cs.n, "rows_skipped": int((~ok).sum()), "samples": n, "seed": seed,
+           "targets": {}}
+    for d, t in enumerate(cs.targets):
+        known = np.isfinite(cs.truth[:, d])
+        k = int(known.sum())
+        if k == 0:
+            continue
+        cov = M.interval_coverage(cs.samples[known, :, d], cs.truth[known, d], CHECK_LEVELS)
+        _, ks_p = M.ks_1samp_uniform(M.pit(cs.samples[known, :, d], cs.truth[known, d]))
+        r = {"n": k, "pit_ks_pvalue": float(ks_p)}
+        verdicts = []
+        for level in CHECK_LEVELS:
+            key = f"{round(100 * level)}"
+            c = float(cov[f"coverage{key}"])
+            se = float(np.sqrt(level * (1 - level) / k))
+            tol = max(0.03, 2.5 * se)
+            r[f"coverage{key}"], r[f"se{key}"] = c, se
+            verdicts.append("under-confident" if c > level + tol else
+                            "over-confident" if c < level - tol else "calibrated")
+        bad = [v for v in verdicts if v != "calibrated"]
+        r["verdict"] = bad[0] if bad else "calibrated"
+        out["targets"][t] = r
+    out["calibrated"] = all(r["verdict"] == "calibrated" for r in out["targets"].values())
+    return out
+
+
+def format_check(check: dict, label: str) -> str:
+    """The held-out check as the lines a training run prints."""
+    lines = [f"[{label}] calibration on {check['rows']} held-out galaxies ({check['samples']} "
+             f"draws each): 68 % / 95 % interval coverage, PIT KS p-value"]
+    for t, r in check["targets"].items():
+        flag = "" if r["verdict"] == "calibrated" else f"  <- {r['verdict']}"
+        lines.append(f"[{label}]   {t:<14} {100 * r['coverage68']:5.1f} % ± {100 * r['se68']:.1f}"
+                     f"   {100 * r['coverage95']:5.1f} % ± {100 * r['se95']:.1f}   "
+                     f"p={r['pit_ks_pvalue']:.2g}{flag}")
+    if not check["calibrated"]:
+        lines.append(f"[{label}] some intervals are miscalibrated on held-out galaxies: see "
+                     f"'raygal evaluate' before using this model (an ensemble, more data or "
+                     f"a smaller model may help)")
+    return "\n".join(lines)

@@ -40,7 +40,7 @@ import yaml
 
 from .. import storage
 from ..schema import CFM_TARGETS, NF_CORE_TARGETS, NF_LINE_TARGETS, parse_targets
-from ..inputs import INPUT_KINDS
+from ..inputs import INPUT_KINDS, parse_inputs
 from ..models.registry import TRAINABLE_KINDS
 
 MODEL_KINDS = TRAINABLE_KINDS
@@ -92,7 +92,7 @@ class TrainConfig:
         if self.inputs not in INPUT_KINDS:
             raise ValueError(f"inputs must be one of {', '.join(INPUT_KINDS)}, not "
                              f"{self.inputs!r}")
-        if self.model == "vae" and self.inputs == "phot":
+        if self.model == "vae" and "image" not in parse_inputs(self.inputs):
             raise ValueError("a VAE needs images (inputs=image+phot or image)")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
@@ -103,7 +103,7 @@ class TrainConfig:
     def check_trainable(self) -> None:
         """Raise a ValueError saying what is missing if this config cannot start training
         (checked before Ray starts; a config may lack a VAE while it is being assembled)."""
-        if self.model == "nf" and self.inputs != "phot" and not self.vae:
+        if self.model == "nf" and "image" in parse_inputs(self.inputs) and not self.vae:
             raise ValueError(
                 "an NF on images works on the features of a trained VAE, and no VAE was "
                 "given: train one first (raygal train vae --data DATA --out runs/vae), then "

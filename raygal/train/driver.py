@@ -82,17 +82,25 @@ def _fits_in_object_store(data_uri: str, cols, image_shape, max_rows=None,
     return rows * per_row < fraction * store
 
 
-def default_cpus_per_worker(cfg: TrainConfig) -> float:
-    """CPUs per worker that leave room for Ray Data's read tasks (on 2 CPUs, 2 workers at 1 CPU
-    each starve the readers and hang silently)."""
+def default_cpus_per_worker(cfg: TrainConfig, capacity=None) -> float:
+    """CPUs per worker: ``cfg.cpus_per_worker`` if set, else sized from what the cluster can
+    grow to (``raygal.runtime.cluster_capacity``: an autoscaling cluster's node types, not the
+    nodes running at submit time), leaving room for Ray Data's read tasks (on 2 CPUs, 2
+    workers at 1 CPU each starve the readers and hang silently). A GPU worker gets what fits
+    on every GPU node type (its CPUs less one for data, shared by the workers its GPUs hold),
+    between 1 and 4."""
     if cfg.cpus_per_worker:
         return float(cfg.cpus_per_worker)
-    import ray
+    from ..runtime import cluster_capacity
 
-    total = ray.cluster_resources().get("CPU", 1.0)
+    cap = capacity or cluster_capacity()
     if cfg.gpus_per_worker:
-        return max(1.0, min(4.0, math.floor((total - 1) / cfg.workers)))
-    per = (total - 1.0) / cfg.workers
+        fits = [math.floor((t.resources.get("CPU", 0) - 1)
+                           / max(1.0, math.floor(t.resources["GPU"] / cfg.gpus_per_worker)))
+                for t in cap.node_types if t.max_count != 0 and t.resources.get("GPU", 0) > 0]
+        return float(max(1, min(4, *fits)) if fits else 1)
+    node = cap.largest_node("CPU")
+    per = min((cap.total("CPU") - 1.0) / cfg.workers, node - 1.0 if node >= 2 else node)
     return max(0.25, min(float(math.floor(per)) if per >= 1 else per, 8.0))
 
 
@@ -189,21 +197,29 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
                         datasets={"train": train_ds, "val": val_ds})
 
 
-def export_checkpoint(checkpoint, out_uri: str, solver_data: str | None = None) -> dict:
+def export_checkpoint(checkpoint, out_uri: str, heldout_data: str | None = None) -> dict:
     """Write the best-validation weights of a training checkpoint as a loadable model at
-    ``out_uri`` (a Posterior, or a VAE); returns the checkpoint's meta (config, history).
+    ``out_uri`` (a Posterior, or a VAE); returns the checkpoint's meta (config, history), with
+    ``calibration`` (the held-out check) when it ran.
 
-    With ``solver_data`` (the training dataset), a model that integrates an ODE (the CFM) and
-    was given no solver in its ``model_config`` gets the cheapest solver that agrees with the
-    paper's RK4-100 on validation galaxies of that dataset (``choose_default_solver``); the
-    choice and its measurements are saved in the model (``model.json``: ``solver_choice``)."""
+    With ``heldout_data`` (the dataset the model trained on, as its inputs adapter reads it),
+    two things are decided on validation galaxies of that dataset before the model is saved:
+    a model that integrates an ODE (the CFM) and was given no solver in its ``model_config``
+    gets the cheapest solver that agrees with the paper's RK4-100 (``choose_default_solver``,
+    saved as ``solver_choice``); then every posterior's coverage and PIT are checked
+    (``check_calibration``, printed and saved as ``calibration`` in ``model.json``)."""
     with checkpoint.as_directory() as d:
         state, meta = load_checkpoint_state(d)
     stats = NormStats.from_dict(meta["stats"])
     model = build_model(meta["config"], stats, meta.get("image_shape"))
     model.load_state_dict(state.get("best_model") or state["model"])
-    if solver_data is not None and "solver" not in meta["config"].get("model_config", {}):
-        choose_default_solver(model, solver_data, meta["config"].get("split", DEFAULT_FRACTIONS))
+    if heldout_data is not None:
+        fractions = meta["config"].get("split", DEFAULT_FRACTIONS)
+        if "solver" not in meta["config"].get("model_config", {}):
+            choose_default_solver(model, heldout_data, fractions)
+        check = check_calibration(model, heldout_data, fractions)
+        if check is not None:
+            meta["calibration"] = check
     # Published in one step: a kill mid-export leaves the previous model whole.
     with storage.staged_folder(out_uri) as staging:
         model.save(staging)
@@ -265,6 +281,37 @@ def choose_default_solver(model, data_uri: str, fractions=DEFAULT_FRACTIONS,
     return choice
 
 
+#: Held-out galaxies and draws per galaxy of the calibration check at the end of training.
+CHECK_ROWS = 512
+CHECK_SAMPLES = 100
+
+
+def check_calibration(model, data_uri: str, fractions=DEFAULT_FRACTIONS,
+                      rows: int = CHECK_ROWS, samples: int = CHECK_SAMPLES) -> dict | None:
+    """Coverage and PIT of ``model`` on up to ``rows`` validation galaxies of ``data_uri``
+    (``raygal.evaluate.calibration.heldout_check``): printed, stored in the model's config
+    (``calibration``, saved in model.json) and returned; None for models that are not
+    posteriors (the VAE) or when fewer than 16 validation galaxies are usable."""
+    from ..evaluate.calibration import format_check, heldout_check
+    from ..models.posterior import Posterior
+
+    if not isinstance(model, Posterior):
+        return None
+    table = validation_rows(data_uri, fractions, rows)
+    if table is None or table.num_rows < 16:
+        log.warning("no calibration check: only %d validation galaxies",
+                    0 if table is None else table.num_rows)
+        return None
+    model.eval()
+    check = heldout_check(model, table, n=samples)
+    if check["rows"] < 16:
+        log.warning("no calibration check: only %d usable validation galaxies", check["rows"])
+        return None
+    model.config["calibration"] = check
+    print(format_check(check, model.kind), flush=True)
+    return check
+
+
 # -- which dataset a run trains on: checked before resuming ------------------------------------
 RUN_RECORD = "_run.json"
 
@@ -293,6 +340,16 @@ def claim_run(cfg: TrainConfig, run_name: str = RUN_NAME) -> dict:
     return record
 
 
+def trained_on(cfg: TrainConfig) -> str:
+    """The dataset whose rows the model's inputs adapter reads: the image NF's is the stored
+    VAE features of ``cfg.data`` (made before training), every other model's ``cfg.data``."""
+    if cfg.model == "nf" and "image" in parse_inputs(cfg.inputs):
+        from .features_job import features_uri
+
+        return features_uri(cfg.vae, cfg.data)
+    return cfg.data
+
+
 def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = None) -> dict:
     """Train ``cfg`` on the running Ray cluster; export the best model to ``<out>/model``.
     ``fail_at_epoch`` kills a worker once in that epoch (fault-tolerance tests)."""
@@ -304,10 +361,11 @@ def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = 
     if result.checkpoint is None:
         raise RuntimeError("training produced no checkpoint")
     model_uri = storage.join(cfg.out, "model")
-    meta = export_checkpoint(result.checkpoint, model_uri, solver_data=cfg.data)
+    meta = export_checkpoint(result.checkpoint, model_uri, heldout_data=trained_on(cfg))
     summary = {"model_uri": model_uri, "history": meta["history"],
                "best_val_loss": min(h["val_loss"] for h in meta["history"]),
                "epochs_run": len(meta["history"]), "config": cfg.to_dict(),
-               "data_fingerprint": record["data_fingerprint"]}
+               "data_fingerprint": record["data_fingerprint"],
+               "calibration": meta.get("calibration")}
     storage.write_json(storage.join(cfg.out, "history.json"), summary)
     return summary
