@@ -153,7 +153,9 @@ def run_sample(sample: str, args, tmp: str) -> dict:
     from raygal.ingest import ingest
     from raygal.shards import read_table
 
-    spec = SAMPLES[sample]
+    spec = dict(SAMPLES[sample])
+    if args.inputs:
+        spec["inputs"] = args.inputs
     folder = samples_folder()
     files = [str(folder / f) for f in spec["files"]]
     missing = [f for f in files if not os.path.exists(f)]
@@ -228,6 +230,9 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--size", choices=["small", "paper"], default="small")
+    p.add_argument("--inputs", default=None,
+                   help="the models' inputs (default: phot for photoz, phot+z for lines), "
+                        "e.g. phot+err")
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--json", default=None)
