@@ -10,14 +10,15 @@ Folds are fixed: a galaxy's fold is ``floor(5 u)``, u = ``raygal.pipelines.hash_
 objid XOR ``FOLD_SALT`` (independent of the train/validation split, which hashes the objid
 itself). For fold k every model trains on the other four folds (85 % train, 15 % validation for
 early stopping and model selection, by raygal's usual split) and is scored on fold k: the
-posterior median of ``--draws`` draws per galaxy (R^2 per target; for z also sigma_NMAD of
+posterior median of ``--draws`` draws per galaxy (R^2 per target, of log10(1 + F) for the line
+fluxes as ``raygal report`` shows them; for z also sigma_NMAD of
 (z_med - z) / (1 + z) and the fraction of |dz| / (1 + z) > 0.15), and the 68 % / 95 % central
 interval coverage. The random forest and kNN (``raygal.evaluate.baselines``) see the same inputs
 (colours and r, plus z where the model has it) and the same training rows (train and
 validation). Figures are means over folds; the spread over folds is printed beside them.
 
     python benchmarks/bench_sdss_cv.py                          # both samples, NF and CFM
-    python benchmarks/bench_sdss_cv.py --sample lines --models cfm --epochs 300
+    python benchmarks/bench_sdss_cv.py --sample photoz --size paper   # the papers' settings
     python benchmarks/bench_sdss_cv.py --quick                  # one fold, tiny (the tests)
 """
 from __future__ import annotations
@@ -82,25 +83,22 @@ def features(table, inputs: str) -> np.ndarray:
 
 
 def score(pred: np.ndarray, truth: np.ndarray, target: str) -> dict:
+    """R^2 in the target's display space (``raygal.evaluate.plots.display``: log10(1 + F) for
+    line fluxes, which span decades, as ``raygal report`` scores them; physical otherwise), and
+    for z sigma_NMAD and the outlier fraction."""
+    from raygal.schema import get_target
+
     ok = np.isfinite(pred) & np.isfinite(truth)
-    p, t = pred[ok], truth[ok]
+    show = get_target(target).transform.display
+    p, t = np.asarray(show(pred[ok]), np.float64), np.asarray(show(truth[ok]), np.float64)
     out = {"n": int(ok.sum()),
            "r2": float(1 - np.sum((p - t) ** 2) / np.sum((t - t.mean()) ** 2))}
     if target == "z":
+        p, t = pred[ok], truth[ok]
         dz = (p - t) / (1 + t)
         out["sigma_nmad"] = float(1.4826 * np.median(np.abs(dz - np.median(dz))))
         out["outliers"] = float(np.mean(np.abs(dz) > 0.15))
     return out
-
-
-def model_config(model: str, size: str) -> dict:
-    """Architectures: 'paper' (the defaults) or 'small' (for a few thousand rows)."""
-    if size == "paper":
-        return {}
-    if model == "nf":
-        return {"coupling_layers": 4, "hidden": 64, "representation": 64, "rep_layers": 1,
-                "head_layers": 1, "flow_blocks": 1}
-    return {"hidden": 64, "layers": 3}
 
 
 def run_model(model, sample, spec, train_uri, test, fold, args, tmp) -> dict:
@@ -111,11 +109,14 @@ def run_model(model, sample, spec, train_uri, test, fold, args, tmp) -> dict:
     from raygal.train import TrainConfig
     from raygal.train.driver import fit
 
-    cfg = TrainConfig(model=model, data=train_uri, out=os.path.join(tmp, f"{sample}-{model}-{fold}"),
-                      inputs=spec["inputs"], targets=spec["targets"], epochs=args.epochs,
-                      patience=args.patience, workers=1, split=(0.85, 0.15, 0.0),
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      model_config=model_config(model, args.size))
+    # Only what was asked for on the command line is set: the rest is what a user gets by
+    # default (raygal.train.sizing for --size auto).
+    given = {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "lr",
+                                           "weight_decay") if getattr(args, k) is not None}
+    cfg = TrainConfig(model=model, data=train_uri,
+                      out=os.path.join(tmp, f"{sample}-{model}-{fold}"), inputs=spec["inputs"],
+                      targets=spec["targets"], workers=1, split=(0.85, 0.15, 0.0),
+                      size=args.size, **given)
     t0 = time.perf_counter()
     summary = fit(cfg)
     train_s = time.perf_counter() - t0
@@ -224,12 +225,13 @@ def main(argv=None) -> dict:
     p.add_argument("--sample", choices=[*SAMPLES, "all"], default="all")
     p.add_argument("--models", default="nf,cfm")
     p.add_argument("--folds", type=int, default=FOLDS, help="folds to run (of 5)")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--size", choices=["small", "paper"], default="small")
+    p.add_argument("--size", choices=["auto", "small", "paper"], default="auto",
+                   help="the models' sizing (raygal.train.sizing): auto, what users get")
+    p.add_argument("--epochs", type=int, default=None, help="default: the sizing's")
+    p.add_argument("--patience", type=int, default=None, help="default: the sizing's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the sizing's")
+    p.add_argument("--lr", type=float, default=None, help="default: the sizing's")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the sizing's")
     p.add_argument("--inputs", default=None,
                    help="the models' inputs (default: phot for photoz, phot+z for lines), "
                         "e.g. phot+err")
@@ -251,6 +253,10 @@ def main(argv=None) -> dict:
     samples = list(SAMPLES) if args.sample == "all" else [args.sample]
     tmp = tempfile.mkdtemp(prefix="raygal-cv-")
     results = {"args": vars(args), "fold_salt": FOLD_SALT}
+    print(f"[cv] settings: size {args.size}; given: " + (", ".join(
+        f"{k} {getattr(args, k)}" for k in ("epochs", "patience", "batch_size", "lr",
+                                             "weight_decay") if getattr(args, k) is not None)
+        or "none (the defaults)"), flush=True)
     try:
         for s in samples:
             results[s] = run_sample(s, args, tmp)

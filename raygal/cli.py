@@ -19,7 +19,7 @@ import sys
 import time
 
 from . import __version__
-from .inputs import INPUT_KINDS
+from .inputs import INPUT_KINDS, parse_inputs
 from .models.registry import POSTERIOR_KINDS, TRAINABLE_KINDS
 
 #: The file that makes a folder a saved raygal model (written by Posterior.save / VAE export).
@@ -146,9 +146,9 @@ def _train_config(args):
         lr=args.lr, patience=args.patience, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, seed=args.seed, max_rows=args.max_rows,
-        model_config=_parse_sets(args.set) or None)
+        size=args.size, model_config=_parse_sets(args.set) or None)
     cfg.check_trainable()
-    if cfg.vae and cfg.model == "nf" and cfg.inputs == "image+phot":
+    if cfg.vae and cfg.model == "nf" and "image" in parse_inputs(cfg.inputs):
         cfg.vae = _model_arg(cfg.vae, "--vae", kinds=("vae",))
     return cfg
 
@@ -339,6 +339,10 @@ def _add_train_options(s, name: str) -> None:
     s.add_argument("--seed", type=int, help="random seed (default 0)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model option, e.g. --set coupling_layers=8 (repeatable)")
+    s.add_argument("--size", choices=("auto", "paper", "small"),
+                   help="auto (default): photometry-only models on fewer than 20,000 training "
+                        "rows get the small-data architecture and settings; paper: the "
+                        "papers' always; options given here are kept either way")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -209,9 +209,9 @@ def _settings_digest(settings: dict) -> str:
 
 
 def _part_meta(block: Block, digest: str, status: dict | None = None,
-               worker: str | None = None) -> dict:
+               worker: str | None = None, node: str | None = None) -> dict:
     return {"block": asdict(block), "settings": digest, "status": status or {},
-            "worker": worker}
+            "worker": worker, "node": node}
 
 
 def _read_part_meta(uri: str) -> tuple[int, dict] | None:
@@ -258,6 +258,10 @@ class PartWriter:
         self.data_uri, self.out_uri = data_uri, out_uri
         self.settings, self.digest = settings, _settings_digest(settings)
         self.columns, self.batch_size, self.progress = columns, batch_size, progress
+        import ray
+
+        #: the Ray node this actor runs on, recorded in every part it writes
+        self.node = ray.get_runtime_context().get_node_id()
 
     def summarize(self, table: pa.Table) -> dict[str, np.ndarray]:
         """Catalog columns of ``table``'s rows: the carried columns, then the summary."""
@@ -300,7 +304,7 @@ class PartWriter:
         names, counts = np.unique(cols["status"].astype(str), return_counts=True)
         status = {str(k): int(v) for k, v in zip(names, counts)}
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        table = _part_table(cols, _part_meta(block, self.digest, status, worker))
+        table = _part_table(cols, _part_meta(block, self.digest, status, worker, self.node))
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         storage.write_bytes(storage.join(self.out_uri, block.name), buf.getvalue())
@@ -417,16 +421,52 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
         todo = [b for b in blocks if b.name not in done]
         t0 = time.perf_counter()
         steady = None
-        if todo:
-            ran, steady = _run_blocks(todo, model_uri, data_uri, out_uri, settings, columns,
-                                      batch_size=batch_size, min_actors=min_actors or 1,
-                                      max_actors=max_actors, cpus=cpus_per_actor or 1.0,
-                                      gpus=gpus_per_actor, every_s=progress_every_s)
-            done.update(ran)
+        left = todo
+        for attempt in range(LOST_WORKER_RETRIES + 1):
+            if not left:
+                break
+            try:
+                ran, steady = _run_blocks(left, model_uri, data_uri, out_uri, settings,
+                                          columns, batch_size=batch_size,
+                                          min_actors=min_actors or 1, max_actors=max_actors,
+                                          cpus=cpus_per_actor or 1.0, gpus=gpus_per_actor,
+                                          every_s=progress_every_s)
+                done.update(ran)
+                left = []
+            except Exception as exc:
+                if not _lost_worker(exc) or attempt == LOST_WORKER_RETRIES:
+                    raise
+                # Parts are published whole under deterministic names: what a lost worker
+                # finished is kept, what it was doing is done again, nothing twice.
+                done.update({b.name: m for b in left
+                             if (m := _part_done(out_uri, b, digest))})
+                left = [b for b in left if b.name not in done]
+                print(f"[raygal infer] a worker was lost ({type(exc).__name__}): "
+                      f"{len(blocks) - len(left)} of {len(blocks)} block(s) published, "
+                      f"running the other {len(left)} again", file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - t0
         return _finish(out_uri, blocks, done, settings, elapsed,
                        rows_run=sum(b.rows for b in todo), written=len(todo),
                        steady=steady)
+
+
+#: times ``infer`` runs the blocks left after a worker (an actor, or its node) is lost
+LOST_WORKER_RETRIES = 3
+
+
+def _lost_worker(exc: BaseException) -> bool:
+    """True if ``exc`` (or what caused it) says a Ray worker or its node went away."""
+    import ray.exceptions as rex
+
+    kinds = tuple(k for k in (getattr(rex, n, None) for n in
+                              ("ActorDiedError", "ActorUnavailableError", "NodeDiedError",
+                               "WorkerCrashedError", "OwnerDiedError")) if k is not None)
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kinds):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _claim(out_uri: str, settings: dict) -> None:

@@ -68,3 +68,48 @@ def test_bootstrap_config_on_the_head_node_wins_over_the_nodes_alive(ray_local, 
     p.write_text((ROOT / "cluster" / "aws-gpu.yaml").read_text())
     cap = cluster_capacity(bootstrap_config=str(p))
     assert cap.source.startswith("autoscaler") and cap.total("GPU") >= 2
+
+
+# -- models sized for their data (raygal.train.sizing) -----------------------------------------
+from raygal.train.sizing import SMALL, SMALL_DATA_ROWS, describe, size_for_data  # noqa: E402
+
+
+def test_small_photometry_catalog_gets_the_small_data_settings():
+    cfg = _cfg(model="cfm", inputs="phot+z", targets=("dn4000", "av"))
+    sized, rec = size_for_data(cfg, 746)
+    assert rec["size"] == "small" and "746 training rows" in rec["why"]
+    assert sized.model_config == SMALL["cfm"]["model_config"]
+    assert (sized.lr, sized.batch_size, sized.weight_decay, sized.epochs, sized.patience) == \
+        (1e-3, 128, 1e-4, 100, 15)
+    assert rec["changed"]["lr"] == [5e-5, 1e-3]
+    assert "hidden 64" in describe(rec, "cfm") and "--size paper" in describe(rec, "cfm")
+    assert cfg.lr == 5e-5, "the caller's config is not modified"
+
+
+def test_what_the_run_sets_is_kept():
+    cfg = _cfg(model="nf", inputs="phot", lr=3e-4, epochs=7,
+               model_config={"coupling_layers": 2, "solver": "x"})
+    sized, rec = size_for_data(cfg, 4000)
+    assert rec["size"] == "small"
+    assert sized.model_config == cfg.model_config          # an architecture key was given
+    assert sized.lr == 3e-4 and sized.epochs == 7
+    assert sized.batch_size == 128 and sized.patience == 15
+
+
+@pytest.mark.parametrize("kw, rows, why", [
+    (dict(model="nf", inputs="phot"), SMALL_DATA_ROWS, "at least"),
+    (dict(model="cfm", inputs="image+phot"), 500, "image models"),
+    (dict(model="cfm", inputs="phot", size="paper"), 500, "size='paper'"),
+    (dict(model="gaussian", inputs="phot"), 500, "no small-data settings"),
+])
+def test_papers_settings_where_they_belong(kw, rows, why):
+    cfg = _cfg(**kw)
+    sized, rec = size_for_data(cfg, rows)
+    assert sized is cfg and rec["size"] == "paper" and why in rec["why"]
+
+
+def test_size_small_applies_to_any_row_count_and_bad_size_is_refused():
+    _, rec = size_for_data(_cfg(model="nf", inputs="phot", size="small"), 10 ** 6)
+    assert rec["size"] == "small"
+    with pytest.raises(ValueError, match="size must be one of auto, paper, small"):
+        _cfg(size="tiny")

@@ -23,6 +23,9 @@ A config file (YAML) holds any of these keys; every command-line option override
     split: [0.8, 0.1, 0.1]     # train / validation / test fractions, by a hash of objid
     max_rows: null             # cap on training rows (quick runs)
     model_config: {}           # architecture options of the model (see each model's docstring)
+    size: auto                 # auto | paper | small: auto gives photometry-only models on
+                               # fewer than 20,000 training rows the small-data settings
+                               # (raygal.train.sizing); options set here are kept
     search_space: {...}        # raygal tune only (raygal.tune); raygal train ignores it
 
 Defaults follow the papers: VAE Adam 1e-4; CFM AdamW 5e-5, batch 64, early stopping.
@@ -44,6 +47,8 @@ from ..inputs import INPUT_KINDS, parse_inputs
 from ..models.registry import TRAINABLE_KINDS
 
 MODEL_KINDS = TRAINABLE_KINDS
+#: how a run is sized for its data (raygal.train.sizing)
+SIZES = ("auto", "paper", "small")
 
 #: The papers' optimiser settings and target sets, per model.
 MODEL_DEFAULTS = {
@@ -78,6 +83,7 @@ class TrainConfig:
     split: tuple = (0.8, 0.1, 0.1)
     max_rows: int | None = None
     model_config: dict = field(default_factory=dict)
+    size: str = "auto"
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
@@ -94,6 +100,8 @@ class TrainConfig:
                              f"{self.inputs!r}")
         if self.model == "vae" and "image" not in parse_inputs(self.inputs):
             raise ValueError("a VAE needs images (inputs=image+phot or image)")
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, not {self.size!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.workers < 1 or self.epochs < 1:

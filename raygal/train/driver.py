@@ -340,6 +340,17 @@ def claim_run(cfg: TrainConfig, run_name: str = RUN_NAME) -> dict:
     return record
 
 
+def sized(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
+    """``cfg`` with the settings its data calls for (``raygal.train.sizing``), printed, and the
+    record of the choice."""
+    from ..shards import read_manifest
+    from .sizing import describe, size_for_data, training_rows
+
+    cfg, record = size_for_data(cfg, training_rows(cfg, read_manifest(cfg.data)["num_rows"]))
+    print(describe(record, cfg.model), flush=True)
+    return cfg, record
+
+
 def trained_on(cfg: TrainConfig) -> str:
     """The dataset whose rows the model's inputs adapter reads: the image NF's is the stored
     VAE features of ``cfg.data`` (made before training), every other model's ``cfg.data``."""
@@ -354,6 +365,7 @@ def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = 
     """Train ``cfg`` on the running Ray cluster; export the best model to ``<out>/model``.
     ``fail_at_epoch`` kills a worker once in that epoch (fault-tolerance tests)."""
     record = claim_run(cfg, run_name)
+    cfg, sizing = sized(cfg)
     trainer = make_trainer(cfg, run_name, fail_at_epoch=fail_at_epoch)
     result = trainer.fit()
     if result.error:
@@ -365,7 +377,7 @@ def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = 
     summary = {"model_uri": model_uri, "history": meta["history"],
                "best_val_loss": min(h["val_loss"] for h in meta["history"]),
                "epochs_run": len(meta["history"]), "config": cfg.to_dict(),
-               "data_fingerprint": record["data_fingerprint"],
+               "data_fingerprint": record["data_fingerprint"], "sizing": sizing,
                "calibration": meta.get("calibration")}
     storage.write_json(storage.join(cfg.out, "history.json"), summary)
     return summary
