@@ -125,6 +125,9 @@ def main(argv=None) -> dict:
 
     proc = None
     endpoint = args.endpoint
+    # The S3 settings this run changes, restored at the end (a caller's own server stays in use)
+    saved_env = {k: os.environ.get(k) for k in ("RAYGAL_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     if endpoint is None:
         proc, endpoint = start_moto()
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -168,6 +171,11 @@ def main(argv=None) -> dict:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     print(f"cutout streaming, {res['rows']} rows of 3x{args.image_size}x{args.image_size} "
           f"float32 from a local S3 server:")
     print(f"  plain pyarrow read : {res['plain_rows_per_s']:8.0f} rows/s")

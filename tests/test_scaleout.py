@@ -213,18 +213,3 @@ def test_lease_on_s3_uses_a_conditional_put(s3_bucket):
         with pytest.raises(OutputBusy, match="another job"):
             Lease(out, "other").acquire()
     assert not storage.exists(f"{out}/{LOCK_FILE}")
-
-
-# -- sweeps ------------------------------------------------------------------------------------
-
-def test_sweep_runs_at_most_max_concurrent_trials(ray_local, small, tmp_path):
-    from raygal.train import TrainConfig
-    from raygal.tune import run_sweep
-
-    cfg = TrainConfig(model="gaussian", data=small["data"], out=str(tmp_path / "sweep"),
-                      inputs="phot", targets=("z",), epochs=1, workers=1, batch_size=64)
-    with pytest.raises(ValueError, match="--max-concurrent-trials 0"):
-        run_sweep(cfg, trials=2, max_concurrent_trials=0)
-    s = run_sweep(cfg, trials=2, search_space={"hidden": [16, 32]}, max_concurrent_trials=1)
-    assert s["max_concurrent_trials"] == 1 and len(s["results"]) == 2
-    assert all(r["error"] is None for r in s["results"])

@@ -132,7 +132,12 @@ def test_two_trial_sweep_exports_best(ray_local, mock, tmp_path):
 
     cfg = TrainConfig(model="gaussian", data=mock, out=str(tmp_path / "sweep"), inputs="phot",
                       targets=("log_mstar", "log_sfr"), epochs=2, workers=1, batch_size=64)
-    s = run_sweep(cfg, trials=2, search_space={"hidden": [16, 32], "lr": [1e-3, 3e-3]})
+    with pytest.raises(ValueError, match="--max-concurrent-trials 0"):
+        run_sweep(cfg, trials=2, max_concurrent_trials=0)
+    # --max-concurrent-trials caps the trials run at once (here one after the other)
+    s = run_sweep(cfg, trials=2, search_space={"hidden": [16, 32], "lr": [1e-3, 3e-3]},
+                  max_concurrent_trials=1)
+    assert s["max_concurrent_trials"] == 1
     assert len(s["results"]) == 2
     assert all(r["error"] is None for r in s["results"])
     assert s["best"]["best_val_loss"] == min(r["best_val_loss"] for r in s["results"])
