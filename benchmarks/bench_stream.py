@@ -18,7 +18,6 @@ import sys
 import time
 import uuid
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

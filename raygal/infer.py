@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-import posixpath
 import socket
 import sys
 import threading
@@ -53,7 +52,7 @@ from .progress import format_rate
 from .models.posterior import read_model_description
 from .inputs import parse_inputs
 from .schema import (CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, cutout_mismatch, cutout_properties,
-                     cutout_shape_of, get_target)
+                     cutout_shape_of)
 from .catalog import (CATALOG_MANIFEST, LEGACY_SETTINGS_FILE, LEGACY_SUMMARY_FILE,  # noqa: F401
                       SETTINGS_FILE, SUMMARY_FILE, catalog_parts, catalog_rows_for_shard,
                       catalog_shards, read_settings)
@@ -239,6 +238,12 @@ def _part_done(out_uri: str, block: Block, digest: str) -> dict | None:
     return meta
 
 
+def _published(out_uri: str, blocks: list[Block], digest: str) -> dict[str, dict]:
+    """{part name: provenance} of the ``blocks`` whose parts are published under these
+    settings."""
+    return {b.name: m for b in blocks if (m := _part_done(out_uri, b, digest))}
+
+
 # ----------------------------------------------------------------------------------------------
 # The actor: one block in, one published part out
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +422,7 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
     with Lease(out_uri, "raygal infer"):
         _claim(out_uri, settings)
         digest = _settings_digest(settings)
-        done = {b.name: m for b in blocks if (m := _part_done(out_uri, b, digest))}
+        done = _published(out_uri, blocks, digest)
         todo = [b for b in blocks if b.name not in done]
         t0 = time.perf_counter()
         steady = None
@@ -438,8 +443,7 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
                     raise
                 # Parts are published whole under deterministic names: what a lost worker
                 # finished is kept, what it was doing is done again, nothing twice.
-                done.update({b.name: m for b in left
-                             if (m := _part_done(out_uri, b, digest))})
+                done.update(_published(out_uri, left, digest))
                 left = [b for b in left if b.name not in done]
                 print(f"[raygal infer] a worker was lost ({type(exc).__name__}): "
                       f"{len(blocks) - len(left)} of {len(blocks)} block(s) published, "

@@ -54,6 +54,14 @@ def make_model(uri: str, data: str, targets=("log_mstar", "z"), steps: int = 30)
     return uri
 
 
+def dataset_and_model(tmp: Path, n: int, seed: int, rows_per_shard: int) -> dict:
+    """A mock dataset of ``n`` galaxies in ``tmp``/data and a photometry model trained on it:
+    {'tmp', 'data', 'model'}."""
+    data = str(tmp / "data")
+    make_dataset(data, n=n, seed=seed, rows_per_shard=rows_per_shard)
+    return {"tmp": tmp, "data": data, "model": make_model(str(tmp / "model"), data)}
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "raygal.cli", *args]
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _ingest_helpers import jpeg_bytes, rgb, write_casjobs_fits, write_skyserver_csv

@@ -11,7 +11,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from _integrity_helpers import assert_unique_complete, catalog_table, make_dataset, make_model
+from _integrity_helpers import assert_unique_complete, catalog_table, dataset_and_model
 
 from raygal.infer import PART_META_KEY, catalog_parts, infer
 
@@ -43,10 +43,8 @@ def two_nodes():
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multinode")
-    data = str(tmp / "data")
-    make_dataset(data, n=240, seed=31, rows_per_shard=120)
-    return {"tmp": tmp, "data": data, "model": make_model(str(tmp / "model"), data)}
+    return dataset_and_model(tmp_path_factory.mktemp("multinode"), n=240, seed=31,
+                             rows_per_shard=120)
 
 
 def _nodes_of(out: str) -> list[str]:

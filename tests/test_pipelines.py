@@ -55,7 +55,7 @@ def test_not_a_dataset_error(tmp_path):
 def test_s3_round_trip_identical_to_local(tmp_path, s3_bucket):
     local = str(tmp_path / "ds")
     remote = f"{s3_bucket}/surveys/ds"
-    t_local = write(local)
+    write(local)
     write(remote)
     assert read_manifest(remote)["num_rows"] == read_manifest(local)["num_rows"]
     assert read_table(remote).equals(read_table(local))

@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _integrity_helpers import assert_unique_complete, catalog_table, make_dataset, make_model
+from _integrity_helpers import (assert_unique_complete, catalog_table, dataset_and_model,
+                                make_dataset, make_model)
 
 from raygal import pipelines, storage
 from raygal.infer import (PART_META_KEY, catalog_parts, catalog_rows_for_shard, catalog_shards,
@@ -29,10 +30,8 @@ pytestmark = [pytest.mark.timeout(420), pytest.mark.usefixtures("s3_server")]
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A one-shard dataset of 240 mock galaxies and a photometry model."""
-    tmp = tmp_path_factory.mktemp("scaleout")
-    data = str(tmp / "data")
-    make_dataset(data, n=240, seed=21, rows_per_shard=240)
-    return {"tmp": tmp, "data": data, "model": make_model(str(tmp / "model"), data)}
+    return dataset_and_model(tmp_path_factory.mktemp("scaleout"), n=240, seed=21,
+                             rows_per_shard=240)
 
 
 # -- blocks and the actor pool ----------------------------------------------------------------

@@ -13,6 +13,7 @@ import yaml
 from raygal.runtime import Capacity, NodeType, cluster_capacity, node_types_from_autoscaler_config
 from raygal.train import TrainConfig
 from raygal.train.driver import default_cpus_per_worker
+from raygal.train.sizing import SMALL, SMALL_DATA_ROWS, describe, size_for_data
 from raygal.tune import max_concurrent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,6 @@ def test_bootstrap_config_on_the_head_node_wins_over_the_nodes_alive(ray_local, 
 
 
 # -- models sized for their data (raygal.train.sizing) -----------------------------------------
-from raygal.train.sizing import SMALL, SMALL_DATA_ROWS, describe, size_for_data  # noqa: E402
 
 
 def test_small_photometry_catalog_gets_the_small_data_settings():
