@@ -25,6 +25,8 @@ SUMMARY_FILE = "_summary.json"
 CATALOG_MANIFEST = "_manifest.json"
 LEGACY_SETTINGS_FILE = "infer.json"
 LEGACY_SUMMARY_FILE = "summary.json"
+#: A part's name: input shard index and block within the shard.
+PART_FMT = "part-{shard:05d}-{block:04d}.parquet"
 
 
 def read_settings(catalog_uri: str, missing_ok: bool = False) -> dict | None:

@@ -54,13 +54,12 @@ from .inputs import parse_inputs
 from .schema import (CUTOUT_COLUMN, ID_COLUMN, MAG_COLUMNS, cutout_mismatch, cutout_properties,
                      cutout_shape_of)
 from .catalog import (CATALOG_MANIFEST, LEGACY_SETTINGS_FILE, LEGACY_SUMMARY_FILE,  # noqa: F401
-                      SETTINGS_FILE, SUMMARY_FILE, catalog_parts, catalog_rows_for_shard,
+                      PART_FMT, SETTINGS_FILE, SUMMARY_FILE, catalog_parts, catalog_rows_for_shard,
                       catalog_shards, read_settings)
 from .export import annotate_schema, catalog_targets
 from .shards import fingerprint, read_manifest, read_rows, read_schema
 
 log = logging.getLogger("raygal.infer")
-PART_FMT = "part-{shard:05d}-{block:04d}.parquet"
 #: Parquet schema metadata key of a part's provenance (block, input shard hash, settings).
 PART_META_KEY = b"raygal.part"
 DEFAULT_BLOCK_ROWS = 512

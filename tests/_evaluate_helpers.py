@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raygal.catalog import SETTINGS_FILE
+from raygal.catalog import CATALOG_MANIFEST, PART_FMT, SETTINGS_FILE
 from raygal.shards import shard_uris
 
 
@@ -39,9 +39,11 @@ def train(model, table, steps: int, lr: float = 3e-3):
 
 def write_catalog(post, data: str, out: Path, model_uri: str, samples: int = 100,
                   split_std: bool = False, keep_samples: bool = False) -> str:
-    """A posterior catalog as ``raygal.infer`` writes it (per input shard, same name, sorted by
-    objid, plus _infer.json), made in-process without Ray."""
+    """A posterior catalog in ``raygal.infer``'s layout (one part per input shard, named as
+    infer names block 0, sorted by objid; _infer.json; the manifest mapping parts to input
+    shards), made in-process without Ray."""
     out.mkdir(parents=True)
+    parts = []
     for k, uri in enumerate(shard_uris(data)):
         t = pq.read_table(uri)
         summ = post.summarize(t, samples, seed=k, keep_samples=keep_samples)
@@ -56,7 +58,13 @@ def write_catalog(post, data: str, out: Path, model_uri: str, samples: int = 100
                               else pa.FixedShapeTensorArray.from_numpy_ndarray(
                                   np.ascontiguousarray(v[order])) if k == "samples"
                               else pa.array(np.asarray(v)[order])) for k, v in cols.items()})
-        pq.write_table(table, out / Path(uri).name)
+        name = PART_FMT.format(shard=k, block=0)
+        pq.write_table(table, out / name)
+        parts.append({"name": name, "shard": Path(uri).name, "offset": 0,
+                      "num_rows": table.num_rows})
+    (out / CATALOG_MANIFEST).write_text(json.dumps(
+        {"format": "raygal-catalog", "num_rows": sum(p["num_rows"] for p in parts),
+         "parts": parts}))
     (out / SETTINGS_FILE).write_text(json.dumps(
         {"model": model_uri, "data": data, "samples": samples, "solver": None,
          "keep_samples": keep_samples, "seed": 0, "targets": list(post.targets)}))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from raygal import storage
-from raygal.shards import ShardWriter, read_table
+from raygal.shards import ShardWriter, read_table, shard_uris
 from raygal.inputs import StatsAccumulator
 from raygal.export import export_fits
 from raygal.infer import catalog_shards, infer
@@ -164,3 +164,21 @@ def test_killed_run_finishes_without_duplicates(setup, tmp_path):
     assert len(ids) == setup["n"] and len(np.unique(ids)) == setup["n"]
     summary = storage.read_json(os.path.join(out, "_summary.json"))
     assert summary["complete"] and summary["shards_skipped"] >= first
+
+
+def test_evaluate_reads_a_real_catalog(ray_local, setup, tmp_path):
+    """``raygal evaluate`` joins what ``infer`` writes (several parts per input shard, named
+    by block) with the truth; a part gone missing is an error naming the input shard."""
+    from raygal.evaluate.run import evaluate
+
+    out = str(tmp_path / "post")
+    infer(setup["model"], setup["data"], out, samples=50, actors=2, batch_size=64,
+          block_rows=16)
+    assert len(catalog_shards(out)) > len(shard_uris(setup["data"]))
+    r = evaluate(out, setup["data"], str(tmp_path / "eval"), with_model=False)
+    assert r["rows_evaluated"] == setup["n"]
+    assert sum(r["rows_per_status"].values()) == setup["n"]
+    lost = catalog_shards(out)[1]                     # the second block of the first shard
+    os.remove(lost)
+    with pytest.raises(FileNotFoundError, match=os.path.basename(lost)):
+        evaluate(out, setup["data"], str(tmp_path / "eval2"), with_model=False)

@@ -2,7 +2,7 @@
 posterior catalogs, joins a catalog with the truth, subsamples, and fetches full rows.
 
 Everything streams shard by shard (datasets through ``raygal.shards``, catalogs through
-``raygal.infer.catalog_shards``), so memory holds only the rows kept:
+``raygal.catalog``), so memory holds only the rows kept:
 
 - ``load_joined``: a catalog joined with its dataset's truth on objid, every row up to
   ``max_rows`` and else a deterministic subsample by a hash of objid (``eval_fraction``);
@@ -16,7 +16,6 @@ Arrays are float64 with NaN for a missing value; ``objid`` is int64.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..catalog import catalog_shards, read_settings
+from ..catalog import catalog_rows_for_shard, catalog_shards, read_settings
 from ..inputs import STATUS_OK, phot_matrix
 from ..pipelines import hash_unit, split_of
 from ..schema import ID_COLUMN, MAG_COLUMNS, TARGETS
@@ -89,22 +88,17 @@ def align(ids_from: np.ndarray, ids_to: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def joined_shards(catalog: str, data: str, columns, keep_frac: float):
     """Yield (catalog table, truth table) per dataset shard, aligned on objid and subsampled
-    to ``hash_unit(objid) < keep_frac``. ``raygal infer`` names each catalog shard after its
-    input shard; a missing or mismatched one is an error naming both."""
+    to ``hash_unit(objid) < keep_frac``. The catalog's manifest says which parts were made
+    from each input shard (``raygal.catalog.catalog_rows_for_shard``); a missing or
+    mismatched part is an error naming both."""
     names = read_schema(data).names          # every shard shares the dataset's schema
     want = [c for c in dict.fromkeys([ID_COLUMN, *columns]) if c in names]
-    parts = {os.path.basename(u): u for u in catalog_shards(catalog)}
     for duri in shard_uris(data):
-        curi = parts.get(os.path.basename(duri))
-        if curi is None:
-            raise FileNotFoundError(
-                f"{storage.join(catalog, os.path.basename(duri))}: missing catalog shard for "
-                f"{duri}; finish the catalog with 'raygal infer' (re-running completes it)")
-        cat = read_parquet(curi).sort_by(ID_COLUMN)
+        cat = catalog_rows_for_shard(catalog, duri).sort_by(ID_COLUMN)
         truth = read_parquet(duri, want).sort_by(ID_COLUMN)
         if not np.array_equal(objids(cat), objids(truth)):
-            raise ValueError(f"{curi}: rows do not match {duri} (was the catalog made from "
-                             f"this dataset?)")
+            raise ValueError(f"{catalog}: the catalog rows made from {duri} do not match its "
+                             f"rows (was the catalog made from this dataset?)")
         if keep_frac < 1.0:
             keep = pa.array(hash_unit(objids(truth)) < keep_frac)
             cat, truth = cat.filter(keep), truth.filter(keep)
