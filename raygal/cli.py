@@ -300,7 +300,7 @@ def cmd_demo(args) -> int:
     init_ray(args.ray_address)
     run_demo(args.out, n=args.n, scale=args.scale, image_size=args.image_size, seed=args.seed,
              samples=args.samples, solver=args.solver, sdss_samples=args.sdss_samples,
-             workers=args.workers)
+             workers=args.workers, epochs=args.epochs)
     return 0
 
 
@@ -518,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=500, help="posterior samples per galaxy")
     s.add_argument("--solver", default="rk4-10", help="CFM ODE solver")
     s.add_argument("--workers", type=int, default=2, help="Ray Train workers per model")
+    s.add_argument("--epochs", type=float, default=1.0,
+                   help="multiply every model's epochs alone (e.g. 0.1 for a quick smoke run)")
     s.add_argument("--sdss-samples", default=None,
                    help="folder with the small real SDSS samples (photoz/, lines_dn4000/, "
                         "metallicity_images/); default RAYGAL_SDSS_SAMPLES")

@@ -21,7 +21,10 @@ def _step(msg: str, t0: float) -> None:
 
 def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
              seed: int = 0, samples: int = 500, solver: str = "rk4-10",
-             sdss_samples: str | None = None, workers: int = 2) -> dict:
+             sdss_samples: str | None = None, workers: int = 2, epochs: float = 1.0) -> dict:
+    """Run the demo into ``out``; ``scale`` multiplies the galaxies and the epochs, ``epochs``
+    the epochs alone (e.g. 0.1 for a quick smoke run: every model trains at least 1 epoch).
+    Returns {'metrics': per model, 'reports': page paths, 'runs': per model}."""
     from .evaluate.report import make_report
     from .evaluate.run import evaluate, format_table
     from .infer import infer
@@ -32,7 +35,10 @@ def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
 
     t0 = time.perf_counter()
     n = int(n * scale)
-    ep = max(1, int(round(scale)))           # epochs grow with the scale of the run
+    mult = max(1, int(round(scale))) * float(epochs)   # epochs grow with the scale of the run
+
+    def ep(base: int) -> int:
+        return max(1, int(round(base * mult)))
     mock = storage.join(out, "mock")
     m = simulate(n, mock, image_size=image_size, seed=seed, rows_per_shard=1024)
     _step(f"mock survey: {m['num_rows']} galaxies with {image_size}x{image_size} gri cutouts "
@@ -62,7 +68,7 @@ def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
     common = dict(data=mock, workers=workers, seed=seed, patience=3, size="paper")
     nf_targets = NF_CORE_TARGETS + ("oh12",) + NF_LINE_TARGETS
     jobs = [
-        ("vae", TrainConfig(model="vae", out=storage.join(runs_dir, "vae"), epochs=4 * ep,
+        ("vae", TrainConfig(model="vae", out=storage.join(runs_dir, "vae"), epochs=ep(4),
                             batch_size=64, lr=1e-3,
                             model_config={"image_shape": [3, image_size, image_size],
                                           "channels": [16, 32, 64]},
@@ -77,19 +83,19 @@ def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
     vae_uri = summaries["vae"]["model_uri"]
     models = [
         ("NF image", "nf-image", TrainConfig(
-            model="nf", inputs="image+phot", vae=vae_uri, targets=nf_targets, epochs=15 * ep,
+            model="nf", inputs="image+phot", vae=vae_uri, targets=nf_targets, epochs=ep(15),
             batch_size=128, lr=2e-3, out=storage.join(runs_dir, "nf-image"),
             model_config={"coupling_layers": 6, "hidden": 128}, **common)),
         ("NF phot", "nf-phot", TrainConfig(
-            model="nf", inputs="phot", targets=nf_targets, epochs=15 * ep, batch_size=128,
+            model="nf", inputs="phot", targets=nf_targets, epochs=ep(15), batch_size=128,
             lr=2e-3, out=storage.join(runs_dir, "nf-phot"),
             model_config={"coupling_layers": 6, "hidden": 128}, **common)),
         ("CFM image", "cfm-image", TrainConfig(
-            model="cfm", inputs="image+phot", targets=CFM_TARGETS, epochs=12 * ep,
+            model="cfm", inputs="image+phot", targets=CFM_TARGETS, epochs=ep(12),
             batch_size=64, lr=1e-3, out=storage.join(runs_dir, "cfm-image"),
             model_config={"encoder_width": 16, "solver": solver}, **common)),
         ("CFM phot", "cfm-phot", TrainConfig(
-            model="cfm", inputs="phot", targets=CFM_TARGETS, epochs=25 * ep, batch_size=64,
+            model="cfm", inputs="phot", targets=CFM_TARGETS, epochs=ep(25), batch_size=64,
             lr=1e-3, out=storage.join(runs_dir, "cfm-phot"),
             model_config={"solver": solver}, **common)),
     ]
