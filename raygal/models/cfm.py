@@ -45,7 +45,7 @@ from ..inputs import STATUS_OK, as_numpy_batch, target_matrix
 from ..schema import CFM_TARGETS, NF_METALLICITY_TARGET
 from .encoders import ConvEncoder
 from .estimator import ConditionalEstimator, Context
-from .nets import MLP, masked_mean
+from .nets import MLP, masked_mean, zero_image_columns
 from .nf import DETECT_COLUMN
 from .posterior import NeuralPosterior
 
@@ -214,7 +214,14 @@ class FlowMatchingEstimator(ConditionalEstimator):
       the paper's joint field over every target, learnt from the rows that have them all;
     - ``oh12_hidden`` (64), ``oh12_layers`` (3): the 1-d oh12 velocity MLP on
       [t; oh12; f_img; f_phot; core]; the classifier has 2 hidden layers of ``oh12_hidden``;
-    - ``bce_weight`` (1.0): weight of the classifier's binary cross-entropy in the loss.
+    - ``bce_weight`` (1.0): weight of the classifier's binary cross-entropy in the loss;
+    - ``image_init`` ('default'): 'zero' initialises the first layers of the velocity MLPs
+      and the classifier as the photometry-only model's, with zero weights on the image
+      features (``raygal.models.nets.zero_image_columns``): the model starts as the
+      photometry-only one and the image enters as it earns its place (same architecture);
+    - ``aux_weight`` (0.0): k > 0 adds k x the MSE of a linear map from the context to the
+      standardised targets (an auxiliary regression head, used in training only), a direct,
+      low-noise signal for the image encoder besides the flow-matching loss.
 
     The estimator's ``targets`` are the core targets (every target but oh12, in the order
     given) followed by oh12, as the NF's. Missing targets (NaN) are never imputed: the core
@@ -240,7 +247,8 @@ class FlowMatchingEstimator(ConditionalEstimator):
         c["metallicity"] = met
         for key, value in (("hidden", 256), ("layers", 3), ("sigma", 0.05),
                            ("solver", DEFAULT_SOLVER), ("rtol", 1e-5), ("atol", 1e-5),
-                           ("phot_embed", 0), ("image_shape", None)):
+                           ("phot_embed", 0), ("image_shape", None),
+                           ("image_init", "default"), ("aux_weight", 0.0)):
             c.setdefault(key, value)
         c["solver"] = str(Solver.parse(c["solver"]))
         self.path = ProbabilityPath(c["sigma"])
@@ -253,6 +261,15 @@ class FlowMatchingEstimator(ConditionalEstimator):
             self.oh12_velocity = VelocityField(1, n_ctx + len(core), c["oh12_hidden"],
                                                c["oh12_layers"])
             self.detect = MLP(n_ctx, 1, c["oh12_hidden"], 2)
+        if float(c["aux_weight"]) > 0:
+            self.aux_head = nn.Linear(n_ctx, len(self.targets))
+        if spec.image_shape is not None:
+            n_img = c["image_features"]
+            zero_image_columns(self.velocity.input, c["image_init"], 1 + len(core),
+                               1 + len(core) + n_img)
+            if met:
+                zero_image_columns(self.oh12_velocity.input, c["image_init"], 2, 2 + n_img)
+                zero_image_columns(self.detect[0], c["image_init"], 0, n_img)
         #: velocity evaluations per trajectory of the last ``sample`` or ``log_prob`` call
         #: (of its costliest ODE solve: with the metallicity branch there are two, one per
         #: field, on the same grid), for benchmarks and ``choose_solver``.
@@ -445,18 +462,24 @@ class FlowMatchingEstimator(ConditionalEstimator):
         nc = len(self.core_targets)
         core_ok = present[:, :nc].all(dim=-1)
         mse_core = self._field_mse(self.velocity, y[:, :nc], f, core_ok, generator)
+        aux = {}
+        if float(self.config["aux_weight"]) > 0:
+            err = (self.aux_head(f) - y) ** 2
+            aux["aux_mse"] = masked_mean(err, present)
+        extra = float(self.config["aux_weight"]) * aux["aux_mse"] if aux else 0.0
+        aux = {k: v.detach() for k, v in aux.items()}
         if not self.metallicity:
-            return {"loss": mse_core, "mse": mse_core.detach()}
+            return {"loss": mse_core + extra, "mse": mse_core.detach(), **aux}
         has_oh12 = present[:, nc]
         mse_oh12 = self._field_mse(self.oh12_velocity, y[:, nc:],
                                    self._oh12_context(f, y[:, :nc]), has_oh12 & core_ok,
                                    generator)
         logit = self.detect(f).squeeze(-1)
         bce = F.binary_cross_entropy_with_logits(logit, has_oh12.to(logit.dtype))
-        loss = mse_core + mse_oh12 + float(self.config["bce_weight"]) * bce
+        loss = mse_core + mse_oh12 + float(self.config["bce_weight"]) * bce + extra
         return {"loss": loss, "mse": (mse_core + mse_oh12).detach(),
                 "mse_core": mse_core.detach(), "mse_oh12": mse_oh12.detach(),
-                "bce": bce.detach()}
+                "bce": bce.detach(), **aux}
 
 
 class FlowMatchingPosterior(NeuralPosterior):

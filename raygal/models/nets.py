@@ -40,6 +40,28 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
+def zero_image_columns(layer: nn.Linear, image_init: str, start: int, stop: int) -> None:
+    """Initialise ``layer`` for ``image_init``: 'default' leaves PyTorch's initialisation;
+    'zero' initialises it as the photometry-only model's layer (PyTorch's uniform bound
+    1/sqrt(fan_in) with the fan-in of the inputs outside [start, stop)) and sets the weights
+    on the image features [start, stop) to zero. The network then starts as its
+    photometry-only counterpart, at the same learning speed (with default initialisation the
+    ~256 image features dilute the initial weights on the five photometric ones by
+    sqrt(fan_in), and the image model learns the photometry several times slower), and
+    gradient descent brings the image in where it lowers the loss."""
+    if image_init == "default":
+        return
+    if image_init != "zero":
+        raise ValueError(f"image_init must be 'default' or 'zero', not {image_init!r}")
+    fan_in = layer.in_features - (stop - start)
+    bound = 1.0 / max(fan_in, 1) ** 0.5
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
+        layer.weight[:, start:stop] = 0.0
+        if layer.bias is not None:
+            layer.bias.uniform_(-bound, bound)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over entries where ``mask`` is true; 0 (with a gradient path) when
     nothing is masked in, so a batch without a given target still trains the rest."""

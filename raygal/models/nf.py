@@ -23,7 +23,7 @@ from ..inputs import NormStats, parse_inputs
 from ..schema import NF_CORE_TARGETS, NF_LINE_TARGETS, NF_METALLICITY_TARGET, parse_targets
 from .estimator import ConditionalEstimator, Context
 from .flows import ConditionalFlow, build_flow
-from .nets import MLP, masked_mean
+from .nets import MLP, masked_mean, zero_image_columns
 from .posterior import NeuralPosterior
 from .vae import VAE, VAEEncoder, vae_config
 
@@ -42,6 +42,8 @@ NF_DEFAULTS = {
     "scale_bound": 3.0,
     "mse_weight": 1.0,
     "bce_weight": 1.0,
+    "image_init": "default",
+    "rep_dropout": 0.0,
 }
 
 
@@ -114,6 +116,10 @@ class FlowEstimator(ConditionalEstimator):
             scale_bound       3.0, bound of each coupling's log-scale
             mse_weight        1.0, weight of the mean heads' MSE in the loss
             bce_weight        1.0, weight of the detectability BCE in the loss
+            image_init        'default'; 'zero' starts the representation MLP's weights on
+                              the image features at zero, so the model begins as the
+                              photometry-only one and the image enters as it earns its place
+            rep_dropout       0.0, dropout between the representation MLP's layers
             vae               the VAE's config (``raygal.models.vae.VAE_DEFAULTS``), images only
             image_shape       [C, H, W] of the cutouts (default the VAE's), images only
     """
@@ -151,7 +157,9 @@ class FlowEstimator(ConditionalEstimator):
             self.encoder.eval()
             self.image_feature_dim = self.encoder.out_features
             n_in += self.encoder.out_features
-        self.rep = MLP(n_in, R, H, int(c["rep_layers"]))
+        self.rep = MLP(n_in, R, H, int(c["rep_layers"]), dropout=float(c["rep_dropout"]))
+        if spec.image_shape is not None:
+            zero_image_columns(self.rep[0], c["image_init"], 0, self.image_feature_dim)
         hl = int(c["head_layers"])
         flow_kw = dict(hidden=H, blocks=int(c["flow_blocks"]), scale_bound=float(c["scale_bound"]))
         if nc + int(met):
