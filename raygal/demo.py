@@ -91,7 +91,7 @@ def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
             lr=2e-3, out=storage.join(runs_dir, "nf-phot"),
             model_config={"coupling_layers": 6, "hidden": 128}, **common)),
         ("CFM image", "cfm-image", TrainConfig(
-            model="cfm", inputs="image+phot", targets=CFM_TARGETS, epochs=ep(12),
+            model="cfm", inputs="image+phot", targets=CFM_TARGETS, epochs=ep(20),
             batch_size=64, lr=1e-3, out=storage.join(runs_dir, "cfm-image"),
             model_config={"encoder_width": 16, "solver": solver}, **common)),
         ("CFM phot", "cfm-phot", TrainConfig(

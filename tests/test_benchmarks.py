@@ -67,3 +67,13 @@ def test_bench_sdss_cv_quick(ray_local):
         assert _positive(z["sigma_nmad"])
     assert 0 <= fold["nf"]["targets"]["z"]["coverage68"] <= 1
     assert res["mean"]["nf"]["z"]["r2"] == pytest.approx(fold["nf"]["targets"]["z"]["r2"])
+
+
+def test_bench_image_gain_quick(ray_local, tmp_path):
+    import bench_image_gain
+
+    r = bench_image_gain.main(["--quick", "--model", "cfm", "--out", str(tmp_path / "b")])
+    assert set(r) == {"phot", "image (zero)"}
+    for v in r.values():
+        assert math.isfinite(v["log_q"]) and v["rows"] > 0 and v["epochs"] == 1
+        assert all(0 <= c <= 1 for c in v["coverage68"].values())

@@ -215,10 +215,12 @@ class FlowMatchingEstimator(ConditionalEstimator):
     - ``oh12_hidden`` (64), ``oh12_layers`` (3): the 1-d oh12 velocity MLP on
       [t; oh12; f_img; f_phot; core]; the classifier has 2 hidden layers of ``oh12_hidden``;
     - ``bce_weight`` (1.0): weight of the classifier's binary cross-entropy in the loss;
-    - ``image_init`` ('default'): 'zero' initialises the first layers of the velocity MLPs
-      and the classifier as the photometry-only model's, with zero weights on the image
-      features (``raygal.models.nets.zero_image_columns``): the model starts as the
-      photometry-only one and the image enters as it earns its place (same architecture);
+    - ``image_init`` ('zero'): initialises the first layers of the velocity MLPs and the
+      classifier as the photometry-only model's, with zero weights on the image features
+      (``raygal.models.nets.zero_image_columns``): the model starts as the photometry-only
+      one and the image enters as it earns its place (same architecture as the paper's;
+      'default' is PyTorch's initialisation, under which the image model trailed the
+      photometry-only one at equal epochs in every measurement, see the README);
     - ``aux_weight`` (0.0): k > 0 adds k x the MSE of a linear map from the context to the
       standardised targets (an auxiliary regression head, used in training only), a direct,
       low-noise signal for the image encoder besides the flow-matching loss.
@@ -248,7 +250,7 @@ class FlowMatchingEstimator(ConditionalEstimator):
         for key, value in (("hidden", 256), ("layers", 3), ("sigma", 0.05),
                            ("solver", DEFAULT_SOLVER), ("rtol", 1e-5), ("atol", 1e-5),
                            ("phot_embed", 0), ("image_shape", None),
-                           ("image_init", "default"), ("aux_weight", 0.0)):
+                           ("image_init", "zero"), ("aux_weight", 0.0)):
             c.setdefault(key, value)
         c["solver"] = str(Solver.parse(c["solver"]))
         self.path = ProbabilityPath(c["sigma"])

@@ -42,7 +42,7 @@ NF_DEFAULTS = {
     "scale_bound": 3.0,
     "mse_weight": 1.0,
     "bce_weight": 1.0,
-    "image_init": "default",
+    "image_init": "zero",
     "rep_dropout": 0.0,
 }
 
@@ -116,9 +116,11 @@ class FlowEstimator(ConditionalEstimator):
             scale_bound       3.0, bound of each coupling's log-scale
             mse_weight        1.0, weight of the mean heads' MSE in the loss
             bce_weight        1.0, weight of the detectability BCE in the loss
-            image_init        'default'; 'zero' starts the representation MLP's weights on
-                              the image features at zero, so the model begins as the
-                              photometry-only one and the image enters as it earns its place
+            image_init        'zero': the representation MLP's first layer starts as the
+                              photometry-only model's, with zero weights on the image
+                              features, so the model begins as the photometry-only one and the
+                              image enters as it earns its place; 'default': PyTorch's
+                              initialisation (the image model then lost to photometry alone)
             rep_dropout       0.0, dropout between the representation MLP's layers
             vae               the VAE's config (``raygal.models.vae.VAE_DEFAULTS``), images only
             image_shape       [C, H, W] of the cutouts (default the VAE's), images only

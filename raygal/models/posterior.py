@@ -40,6 +40,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import io
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,8 +48,8 @@ import torch
 from torch import nn
 
 from .. import storage
-from ..inputs import STATUS_OK, ModelInputs, NormStats, as_numpy_batch, batch_size
-from ..schema import get_target, parse_targets
+from ..inputs import STATUS_OK, STATUS_OUTSIDE_SUPPORT, ModelInputs, NormStats, as_numpy_batch, batch_size
+from ..schema import TARGETS, get_target, parse_targets
 from .estimator import ConditionalEstimator, Context, ContextSpec, rows_generator
 from .registry import model_class
 
@@ -106,12 +107,32 @@ class TargetSpace(nn.Module):
         raise ValueError(f"space must be one of {SPACES}, not {space!r}")
 
 
+#: The largest share of a row's draws that may fall outside the targets' physical ranges
+#: before its status becomes ``outside_support`` (below it, those draws are left out of the
+#: summary: the posterior restricted to the physical support, as sbi restricts posteriors to
+#: the prior's support).
+MAX_OUTSIDE_SUPPORT = 0.05
+
+
+def outside_support(x: np.ndarray, targets) -> np.ndarray:
+    """[B, n] draws of physical samples x [B, n, D] with a target outside its physical range
+    (``raygal.schema.Target.in_range``) or not finite."""
+    bad = np.zeros(x.shape[:2], bool)
+    for j, t in enumerate(targets):
+        bad |= ~TARGETS[t].in_range(x[..., j])
+    return bad
+
+
 def sample_summary(x: np.ndarray, targets) -> dict[str, np.ndarray]:
-    """Mean, std and quantile columns of physical samples x [B, n, D] (NaN rows stay NaN)."""
+    """Mean, std and quantile columns of physical samples x [B, n, D]; NaN draws are left out
+    (a row of NaN draws stays NaN)."""
     B, n, D = x.shape
-    q = np.quantile(x, QUANTILES, axis=1) if x.size else np.zeros((len(QUANTILES), B, D))
-    mean = x.mean(axis=1) if n else np.full((B, D), np.nan)
-    std = x.std(axis=1, ddof=1) if n > 1 else np.zeros((B, D))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN rows: NaN, as meant
+        q = (np.nanquantile(x, QUANTILES, axis=1) if x.size
+             else np.zeros((len(QUANTILES), B, D)))
+        mean = np.nanmean(x, axis=1) if n else np.full((B, D), np.nan)
+        std = np.nanstd(x, axis=1, ddof=1) if n > 1 else np.zeros((B, D))
     out = {}
     for j, t in enumerate(targets):
         out[f"{t}_mean"] = mean[:, j]
@@ -236,9 +257,17 @@ class Posterior(abc.ABC):
         if n < 1:
             raise ValueError("n must be >= 1")
         d = self._draw(as_numpy_batch(batch), n, seed, True)
-        x = self.space.from_model(d.y, "physical").cpu().numpy().astype(np.float64)
-        out: dict[str, np.ndarray] = {"status": d.status.astype(str)}
-        out.update(sample_summary(x, self.targets))
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = self.space.from_model(d.y, "physical").cpu().numpy().astype(np.float64)
+        status = d.status.astype(object)
+        # Draws outside the targets' physical ranges (a flow's far tail: 1e13 for a line flux)
+        # are left out of the summary; a row with too many of them is not 'ok'.
+        ok = status == STATUS_OK
+        bad = outside_support(x, self.targets) & ok[:, None]
+        status[ok & (bad.mean(axis=1) > MAX_OUTSIDE_SUPPORT)] = STATUS_OUTSIDE_SUPPORT
+        summary_x = np.where(bad[..., None] | (status != STATUS_OK)[:, None, None], np.nan, x)
+        out: dict[str, np.ndarray] = {"status": status.astype(str)}
+        out.update(sample_summary(summary_x, self.targets))
         for k in self.extra_summary_columns():
             out[k] = np.asarray(d.extras.get(k, np.full(len(d.status), np.nan)), np.float64)
         if keep_samples:
