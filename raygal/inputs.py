@@ -27,8 +27,8 @@ STATUS_BAD_CUTOUT = "bad_cutout"
 STATUS_MISSING_MAGERR = "missing_magerr"
 STATUS_MISSING_REDSHIFT = "missing_redshift"
 STATUS_OUT_OF_DOMAIN = "out_of_domain"
-#: More than ``MAX_OUTSIDE_SUPPORT`` of a row's posterior draws fall outside the targets'
-#: physical ranges (``raygal.schema.Target.lo``/``hi``): its summary would not be trustworthy.
+#: More than ``MAX_OUTSIDE_SUPPORT`` of a row's posterior draws are not finite in physical
+#: units (a flow's far tail overflowing exp): its summary would not be trustworthy.
 STATUS_OUTSIDE_SUPPORT = "outside_support"
 #: How far outside the training range of a photometric feature a galaxy may lie, in that
 #: feature's training standard deviations, before it is out of the model's domain.

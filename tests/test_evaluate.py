@@ -280,3 +280,17 @@ def test_evaluate_and_report_on_object_storage(ev, s3_bucket):
     assert "drawn by raygal evaluate (phot)" in text
     assert storage.exists(f"{s3_bucket}/report/pit.png")
     assert "R² random_forest" in text
+
+
+def test_baseline_features_follow_the_model_inputs():
+    from raygal.evaluate.run import baseline_features
+    from raygal.schema import MAG_COLUMNS, MAGERR_COLUMNS
+
+    rows = {"objid": np.arange(3), **{c: np.full(3, 18.0) for c in MAG_COLUMNS},
+            **{c: np.full(3, 0.02) for c in MAGERR_COLUMNS}, "z": np.array([0.1, 0.2, 0.3])}
+    assert baseline_features(rows).shape == (3, 5)
+    x = baseline_features(rows, "phot+z")
+    assert x.shape == (3, 6) and x[:, 5].tolist() == [0.1, 0.2, 0.3]
+    assert baseline_features(rows, "phot+err+z").shape == (3, 11)
+    del rows["z"]
+    assert np.isnan(baseline_features(rows, "phot+z")[:, 5]).all()   # absent: not fitted on

@@ -37,9 +37,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import storage
-from ..inputs import phot_matrix, target_matrix
+from ..inputs import magerr_matrix, parse_inputs, phot_matrix, target_matrix
 from ..pipelines import hash_unit, split_of
-from ..schema import ID_COLUMN, MAG_COLUMNS
+from ..schema import ID_COLUMN, MAG_COLUMNS, MAGERR_COLUMNS
 from . import baselines as B
 from . import calibration as C
 from . import metrics as M
@@ -101,7 +101,7 @@ def evaluate(posteriors: str, data: str, out_dir: str, model: str | None = None,
     if b is not None:
         result["compare"]["populations"] = _population_metrics(pops, groups, b, cs.get("b"))
     if baselines:
-        result["baselines"] = _baselines(training, a, seed)
+        result["baselines"] = _baselines(training, a, seed, _model_inputs(result["model"]))
     storage.write_json(storage.join(out_dir, "metrics.json"), _jsonable(result))
     storage.write_bytes(storage.join(out_dir, "metrics.md"), format_table(result).encode())
     return result
@@ -163,7 +163,7 @@ def _training_rows(data: str, prior_data: str | None, targets, max_rows: int, ex
     leaving out ``exclude`` (the galaxies whose densities are scored): the ``train`` split of
     ``prior_data`` (all its rows if it has no such split) or of ``data``; empty when ``data``
     has no training split."""
-    cols = [*targets, *MAG_COLUMNS]
+    cols = [*targets, *MAG_COLUMNS, "z", *MAGERR_COLUMNS]     # the baselines' features
     if prior_data:
         for split, what in (("train", "train split of the prior data"),
                             (None, "prior data (all rows: it has no train split)")):
@@ -237,17 +237,46 @@ def _calibratable(a: Joined, b: Joined | None) -> np.ndarray:
 # Baselines
 # ----------------------------------------------------------------------------------------------
 
-def _baselines(training: tuple[dict, dict], j: Joined, seed: int) -> dict:
+def _model_inputs(model_uri: str | None) -> str:
+    """The input kind of the catalog's model (its model.json), for the baselines' features;
+    'phot' when the model cannot be read (the catalog alone was given)."""
+    from ..models import read_model_description
+
+    try:
+        return str(read_model_description(model_uri)["inputs"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return "phot"
+
+
+def baseline_features(rows: dict, inputs: str = "phot") -> np.ndarray:
+    """[N, F] features of the baseline regressors for a model with ``inputs``: the
+    photometric features (``raygal.inputs.phot_matrix``), then the redshift and the ugriz
+    magnitude errors where the model sees them ('+z', '+err'), so that both learn from the
+    same information. NaN where a column is missing (such rows are neither fitted nor
+    predicted)."""
+    parts = parse_inputs(inputs)
+    n = len(rows[ID_COLUMN])
+    cols = [phot_matrix({c: rows.get(c, np.full(n, np.nan)) for c in MAG_COLUMNS})]
+    if "z" in parts:
+        cols.append(np.asarray(rows.get("z", np.full(n, np.nan)), np.float64)[:, None])
+    if "err" in parts:
+        cols.append(magerr_matrix({c: rows.get(c, np.full(n, np.nan))
+                                   for c in MAGERR_COLUMNS}))
+    return np.concatenate(cols, axis=1)
+
+
+def _baselines(training: tuple[dict, dict], j: Joined, seed: int, inputs: str = "phot"
+               ) -> dict:
     """Scores (R^2, sigma_NMAD, ...) of each baseline regressor and of the posterior means per
     target, on the same rows: the evaluated rows a baseline was not fitted on. Fitted on the
     training rows or, without any, cross-fitted in two halves of the evaluated rows (by objid
-    hash)."""
+    hash). The features follow the model's ``inputs`` (``baseline_features``)."""
     B.check_available()
     rows, desc = training
-    x = j.phot
+    x = baseline_features(j.truth, inputs)
     if len(rows[ID_COLUMN]) >= MIN_PRIOR_ROWS:
         scored = ~np.isin(j.ids, rows[ID_COLUMN])
-        x_train = phot_matrix(rows)
+        x_train = baseline_features(rows, inputs)
 
         def predict(name, t):
             y = rows.get(t, np.full(len(x_train), np.nan))
@@ -272,8 +301,12 @@ def _baselines(training: tuple[dict, dict], j: Joined, seed: int) -> dict:
             pred, n_train = predict(name, t)
             s = target_scores(j.cat, j.truth, t, scored, means=pred)
             models[name][t] = {k: s[k] for k in keep} | {"n_train": n_train}
-    return {"training": desc | {"rows_scored": int(scored.sum())},
-            "description": {n: B.DESCRIPTION[n] for n in B.BASELINES}, "models": models}
+    extra = [f for f in ("z", "err") if f in parse_inputs(inputs)]
+    features = {"z": "z", "err": "the ugriz magnitude errors"}
+    suffix = "".join(f", {features[f]}" for f in extra)
+    return {"training": desc | {"rows_scored": int(scored.sum())}, "inputs": inputs,
+            "description": {n: B.DESCRIPTION[n] + suffix for n in B.BASELINES},
+            "models": models}
 
 
 def _jsonable(o):

@@ -49,7 +49,7 @@ from torch import nn
 
 from .. import storage
 from ..inputs import STATUS_OK, STATUS_OUTSIDE_SUPPORT, ModelInputs, NormStats, as_numpy_batch, batch_size
-from ..schema import TARGETS, get_target, parse_targets
+from ..schema import get_target, parse_targets
 from .estimator import ConditionalEstimator, Context, ContextSpec, rows_generator
 from .registry import model_class
 
@@ -107,20 +107,15 @@ class TargetSpace(nn.Module):
         raise ValueError(f"space must be one of {SPACES}, not {space!r}")
 
 
-#: The largest share of a row's draws that may fall outside the targets' physical ranges
-#: before its status becomes ``outside_support`` (below it, those draws are left out of the
-#: summary: the posterior restricted to the physical support, as sbi restricts posteriors to
-#: the prior's support).
+#: The largest share of a row's draws that may be non-finite in physical units (a flow's far
+#: tail overflowing exp: a line flux of e^800) before its status becomes ``outside_support``;
+#: below it, those draws are left out of the summary.
 MAX_OUTSIDE_SUPPORT = 0.05
 
 
-def outside_support(x: np.ndarray, targets) -> np.ndarray:
-    """[B, n] draws of physical samples x [B, n, D] with a target outside its physical range
-    (``raygal.schema.Target.in_range``) or not finite."""
-    bad = np.zeros(x.shape[:2], bool)
-    for j, t in enumerate(targets):
-        bad |= ~TARGETS[t].in_range(x[..., j])
-    return bad
+def outside_support(x: np.ndarray, targets=None) -> np.ndarray:
+    """[B, n] draws of physical samples x [B, n, D] with a target that is not finite."""
+    return ~np.isfinite(x).all(axis=-1)
 
 
 def sample_summary(x: np.ndarray, targets) -> dict[str, np.ndarray]:
@@ -260,8 +255,8 @@ class Posterior(abc.ABC):
         with np.errstate(over="ignore", invalid="ignore"):
             x = self.space.from_model(d.y, "physical").cpu().numpy().astype(np.float64)
         status = d.status.astype(object)
-        # Draws outside the targets' physical ranges (a flow's far tail: 1e13 for a line flux)
-        # are left out of the summary; a row with too many of them is not 'ok'.
+        # Non-finite draws (a flow's far tail overflowing exp) are left out of the summary; a
+        # row with too many of them is not 'ok'. Finite draws are kept whatever their value.
         ok = status == STATUS_OK
         bad = outside_support(x, self.targets) & ok[:, None]
         status[ok & (bad.mean(axis=1) > MAX_OUTSIDE_SUPPORT)] = STATUS_OUTSIDE_SUPPORT
