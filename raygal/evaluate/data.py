@@ -128,12 +128,6 @@ class Joined:
     def ok(self) -> np.ndarray:
         return np.asarray(self.cat["status"]).astype(str) == STATUS_OK
 
-    @property
-    def phot(self) -> np.ndarray:
-        """[N, 5] photometric features (``raygal.inputs.phot_matrix``); NaN if absent."""
-        return phot_matrix({c: self.truth.get(c, np.full(len(self.ids), np.nan))
-                            for c in MAG_COLUMNS})
-
 
 def load_joined(catalog: str, data: str, max_rows: int = 200_000) -> Joined:
     """The catalog joined with the truth of ``data`` (every row up to ``max_rows``, else the

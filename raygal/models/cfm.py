@@ -464,12 +464,10 @@ class FlowMatchingEstimator(ConditionalEstimator):
         nc = len(self.core_targets)
         core_ok = present[:, :nc].all(dim=-1)
         mse_core = self._field_mse(self.velocity, y[:, :nc], f, core_ok, generator)
-        aux = {}
+        extra, aux = 0.0, {}
         if float(self.config["aux_weight"]) > 0:
-            err = (self.aux_head(f) - y) ** 2
-            aux["aux_mse"] = masked_mean(err, present)
-        extra = float(self.config["aux_weight"]) * aux["aux_mse"] if aux else 0.0
-        aux = {k: v.detach() for k, v in aux.items()}
+            aux_mse = masked_mean((self.aux_head(f) - y) ** 2, present)
+            extra, aux = float(self.config["aux_weight"]) * aux_mse, {"aux_mse": aux_mse.detach()}
         if not self.metallicity:
             return {"loss": mse_core + extra, "mse": mse_core.detach(), **aux}
         has_oh12 = present[:, nc]

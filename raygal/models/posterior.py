@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 from .. import storage
-from ..inputs import STATUS_OK, STATUS_OUTSIDE_SUPPORT, ModelInputs, NormStats, as_numpy_batch, batch_size
+from ..inputs import (STATUS_OK, STATUS_OUTSIDE_SUPPORT, ModelInputs, NormStats, as_numpy_batch,
+                      batch_size)
 from ..schema import get_target, parse_targets
 from .estimator import ConditionalEstimator, Context, ContextSpec, rows_generator
 from .registry import model_class
@@ -113,7 +114,7 @@ class TargetSpace(nn.Module):
 MAX_OUTSIDE_SUPPORT = 0.05
 
 
-def outside_support(x: np.ndarray, targets=None) -> np.ndarray:
+def outside_support(x: np.ndarray) -> np.ndarray:
     """[B, n] draws of physical samples x [B, n, D] with a target that is not finite."""
     return ~np.isfinite(x).all(axis=-1)
 
@@ -122,12 +123,20 @@ def sample_summary(x: np.ndarray, targets) -> dict[str, np.ndarray]:
     """Mean, std and quantile columns of physical samples x [B, n, D]; NaN draws are left out
     (a row of NaN draws stays NaN)."""
     B, n, D = x.shape
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN rows: NaN, as meant
-        q = (np.nanquantile(x, QUANTILES, axis=1) if x.size
-             else np.zeros((len(QUANTILES), B, D)))
-        mean = np.nanmean(x, axis=1) if n else np.full((B, D), np.nan)
-        std = np.nanstd(x, axis=1, ddof=1) if n > 1 else np.zeros((B, D))
+    q = np.quantile(x, QUANTILES, axis=1) if x.size else np.zeros((len(QUANTILES), B, D))
+    mean = x.mean(axis=1) if n else np.full((B, D), np.nan)
+    std = x.std(axis=1, ddof=1) if n > 1 else np.zeros((B, D))
+    # NaN-aware statistics (2-3x slower) only for the rows that have some NaN draws.
+    nan = np.isnan(x).any(axis=-1) if x.size else np.zeros((B, n), bool)
+    some = nan.any(axis=1) & ~nan.all(axis=1)
+    if some.any():
+        xs = x[some]
+        q[:, some] = np.nanquantile(xs, QUANTILES, axis=1)
+        mean[some] = np.nanmean(xs, axis=1)
+        if n > 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # a single finite draw: NaN
+                std[some] = np.nanstd(xs, axis=1, ddof=1)
     out = {}
     for j, t in enumerate(targets):
         out[f"{t}_mean"] = mean[:, j]
@@ -252,15 +261,16 @@ class Posterior(abc.ABC):
         if n < 1:
             raise ValueError("n must be >= 1")
         d = self._draw(as_numpy_batch(batch), n, seed, True)
-        with np.errstate(over="ignore", invalid="ignore"):
-            x = self.space.from_model(d.y, "physical").cpu().numpy().astype(np.float64)
+        x = self.space.from_model(d.y, "physical").cpu().numpy().astype(np.float64)
         status = d.status.astype(object)
         # Non-finite draws (a flow's far tail overflowing exp) are left out of the summary; a
         # row with too many of them is not 'ok'. Finite draws are kept whatever their value.
         ok = status == STATUS_OK
-        bad = outside_support(x, self.targets) & ok[:, None]
-        status[ok & (bad.mean(axis=1) > MAX_OUTSIDE_SUPPORT)] = STATUS_OUTSIDE_SUPPORT
-        summary_x = np.where(bad[..., None] | (status != STATUS_OK)[:, None, None], np.nan, x)
+        bad = outside_support(x) & ok[:, None]
+        summary_x = x
+        if bad.any():
+            status[ok & (bad.mean(axis=1) > MAX_OUTSIDE_SUPPORT)] = STATUS_OUTSIDE_SUPPORT
+            summary_x = np.where((bad | (status != STATUS_OK)[:, None])[..., None], np.nan, x)
         out: dict[str, np.ndarray] = {"status": status.astype(str)}
         out.update(sample_summary(summary_x, self.targets))
         for k in self.extra_summary_columns():
