@@ -143,7 +143,8 @@ def _train_config(args):
     cfg = load_config(
         args.config, model=args.model, data=args.data, out=args.out, inputs=args.inputs,
         targets=args.targets, vae=args.vae, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, patience=args.patience, workers=args.workers,
+        lr=args.lr, patience=args.patience, lr_schedule=args.lr_schedule,
+        workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, seed=args.seed, max_rows=args.max_rows,
         size=args.size, model_config=_parse_sets(args.set) or None)
@@ -333,6 +334,9 @@ def _add_train_options(s, name: str) -> None:
     s.add_argument("--lr", type=float, help="learning rate (default: the paper's)")
     s.add_argument("--patience", type=int,
                    help="early stopping: epochs without a better validation loss (default 5)")
+    s.add_argument("--lr-schedule", choices=("plateau", "none"),
+                   help="plateau (default): halve the learning rate after patience // 2 "
+                        "epochs without a better validation loss; none: constant")
     s.add_argument("--max-failures", type=int,
                    help="worker failures to recover from by resuming (default 2)")
     s.add_argument("--max-rows", type=int, help="cap the training rows (quick runs)")

@@ -77,3 +77,4 @@ def test_bench_image_gain_quick(ray_local, tmp_path):
     for v in r.values():
         assert math.isfinite(v["log_q"]) and v["rows"] > 0 and v["epochs"] == 1
         assert all(0 <= c <= 1 for c in v["coverage68"].values())
+    assert 0 <= r["image (zero)"]["wins_over_phot"] <= 1

@@ -1,14 +1,9 @@
 """Batch inference on a real local Ray: one row per input with sane intervals, per-row status
-for bad inputs, clear errors for wrong models or data, and a killed run finished by a re-run
-with no duplicates."""
+for bad inputs, clear errors for wrong models or data, and a real catalog evaluated through its
+manifest. A killed run finished by a re-run with no duplicates: tests/test_integrity.py."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -133,37 +128,6 @@ def test_wrong_model_or_data_is_a_clear_error(ray_local, setup, tmp_path):
         w.write(t)
     with pytest.raises(ValueError, match="no cutout column"):
         infer(setup["model"], phot_only, str(tmp_path / "y"))
-
-
-def test_killed_run_finishes_without_duplicates(setup, tmp_path):
-    """A real `raygal infer` process killed mid-run (its whole process group), then re-run."""
-    out = str(tmp_path / "post")
-    cmd = [sys.executable, "-m", "raygal.cli", "--ray-address", "local", "infer",
-           "--model", setup["model"], "--data", setup["data"], "--out", out,
-           "--samples", "1000", "--actors", "1", "--batch-size", "20"]
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            if len(list(Path(out).glob("part-*.parquet"))) >= 1 or proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    first = len(list(Path(out).glob("part-*.parquet")))
-    assert first >= 1
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
-    assert r.returncode == 0, r.stderr[-2000:]
-    cat = _catalog(out)
-    ids = cat.column("objid").to_numpy()
-    assert len(ids) == setup["n"] and len(np.unique(ids)) == setup["n"]
-    summary = storage.read_json(os.path.join(out, "_summary.json"))
-    assert summary["complete"] and summary["shards_skipped"] >= first
 
 
 def test_evaluate_reads_a_real_catalog(ray_local, setup, tmp_path):

@@ -14,6 +14,8 @@ A config file (YAML) holds any of these keys; every command-line option override
     weight_decay: 0.0
     optimizer: adamw           # adam | adamw
     patience: 5                # early stopping: epochs without a better validation loss
+    lr_schedule: plateau       # plateau: halve the learning rate when the validation loss
+                               # stalls (after patience // 2 epochs); none: constant
     workers: 2                 # Ray Train workers (data-parallel, DDP)
     gpus_per_worker: 0
     cpus_per_worker: null      # null: chosen from the cluster's free CPUs
@@ -49,6 +51,8 @@ from ..models.registry import TRAINABLE_KINDS
 MODEL_KINDS = TRAINABLE_KINDS
 #: how a run is sized for its data (raygal.train.sizing)
 SIZES = ("auto", "paper", "small")
+#: learning-rate schedules (raygal.train.loop.make_scheduler)
+LR_SCHEDULES = ("plateau", "none")
 
 #: The papers' optimiser settings and target sets, per model.
 MODEL_DEFAULTS = {
@@ -74,6 +78,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str | None = None
     patience: int = 5
+    lr_schedule: str = "plateau"
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
@@ -102,6 +107,9 @@ class TrainConfig:
             raise ValueError("a VAE needs images (inputs=image+phot or image)")
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, not {self.size!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not "
+                             f"{self.lr_schedule!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.workers < 1 or self.epochs < 1:

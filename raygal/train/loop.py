@@ -39,6 +39,18 @@ def make_optimizer(cfg: dict, params):
     return cls(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
 
 
+def make_scheduler(cfg: dict, opt):
+    """The learning-rate schedule, or None. 'plateau' halves the rate each time the
+    validation loss has not improved for ``max(1, patience // 2)`` epochs (down to 1/100 of
+    the start), so a noisy validation loss is met with smaller steps before early stopping
+    ends the run at ``patience`` epochs without improvement."""
+    if cfg.get("lr_schedule", "none") != "plateau":
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=0.5, patience=max(1, cfg["patience"] // 2) - 1,
+        threshold=1e-6, threshold_mode="abs", min_lr=cfg["lr"] / 100)
+
+
 def _all_reduce_sum(values: list[float]) -> list[float]:
     import torch.distributed as dist
 
@@ -92,6 +104,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg["seed"])  # identical initialisation on every rank
     model = build_model(cfg, stats, config.get("image_shape"))
     opt = make_optimizer(cfg, model.trainable_parameters())
+    sched = make_scheduler(cfg, opt)
 
     start_epoch, best_val, bad_epochs, history = 0, float("inf"), 0, []
     best_state = None
@@ -102,6 +115,8 @@ def train_loop_per_worker(config: dict) -> None:
             state, meta = load_checkpoint_state(d)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
         best_state = state.get("best_model")
         start_epoch = int(state["epoch"]) + 1
         best_val, bad_epochs = float(state["best_val"]), int(state["bad_epochs"])
@@ -119,6 +134,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     for epoch in range(start_epoch, cfg["epochs"]):
         t0 = time.perf_counter()
+        lr_epoch = opt.param_groups[0]["lr"]
         model.train()
         tot, n_rows = 0.0, 0
         for batch in train_shard.iter_torch_batches(
@@ -154,10 +170,13 @@ def train_loop_per_worker(config: dict) -> None:
             best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
         else:
             bad_epochs += 1
+        if sched is not None:
+            sched.step(val_loss)        # the all-reduced loss: every rank steps alike
         stop = bad_epochs >= cfg["patience"] or epoch == cfg["epochs"] - 1
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "best_val_loss": best_val, "train_rows": int(n_rows),
                    "samples_per_s": n_rows / max(t_train, 1e-9), "epoch_time_s": t_train,
+                   "lr": lr_epoch,
                    "resumed_from_epoch": resumed_from, "early_stopped": bool(
                        stop and epoch < cfg["epochs"] - 1)}
         history = [h for h in history if h["epoch"] < epoch] + [metrics]
@@ -167,7 +186,8 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 state = {"model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
                          "optimizer": opt.state_dict(), "epoch": epoch, "best_val": best_val,
-                         "bad_epochs": bad_epochs, "best_model": best_state}
+                         "bad_epochs": bad_epochs, "best_model": best_state,
+                         "scheduler": sched.state_dict() if sched is not None else None}
                 with open(os.path.join(tmp, STATE_FILE), "wb") as f:
                     f.write(_state_bytes(state))
                 with open(os.path.join(tmp, META_FILE), "w") as f:
