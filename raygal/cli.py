@@ -144,7 +144,7 @@ def _train_config(args):
         args.config, model=args.model, data=args.data, out=args.out, inputs=args.inputs,
         targets=args.targets, vae=args.vae, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, patience=args.patience, lr_schedule=args.lr_schedule,
-        workers=args.workers,
+        workers=args.workers, min_workers=args.min_workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, seed=args.seed, max_rows=args.max_rows,
         size=args.size, model_config=_parse_sets(args.set) or None)
@@ -326,6 +326,10 @@ def _add_train_options(s, name: str) -> None:
     s.add_argument("--vae", help="trained VAE (its model folder or training output folder) "
                                  "for an image+phot NF: train one with 'raygal train vae'")
     s.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
+    s.add_argument("--min-workers", type=int,
+                   help="elastic training: keep going on as few as this many workers when "
+                        "nodes are lost, growing back to --workers as they return (default: "
+                        "always --workers)")
     s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default 0)")
     s.add_argument("--cpus-per-worker", type=float,
                    help="CPUs per worker (default: leave room for Ray Data's readers)")

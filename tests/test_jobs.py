@@ -118,6 +118,9 @@ def test_ray_job_submit_train(head, tmp_path):
     r = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
+    # the job's log shows training progress, epoch by epoch
+    assert "[gaussian] epoch 1/2: train loss" in r.stdout, r.stdout[-3000:]
+    assert "[gaussian] epoch 2/2: train loss" in r.stdout
     from raygal.models import load_posterior
 
     post = load_posterior(f"{out}/model")

@@ -43,7 +43,8 @@ def _check_model(uri, mock, n=3):
     return post
 
 
-def test_gaussian_two_workers_improves_loads_and_a_rerun_resumes(ray_local, mock, tmp_path):
+def test_gaussian_two_workers_improves_loads_and_a_rerun_resumes(ray_local, mock, tmp_path,
+                                                                capsys):
     cfg = TrainConfig(model="gaussian", data=mock, out=str(tmp_path / "run"), inputs="phot",
                       targets=("log_mstar", "log_sfr", "z"), epochs=3, workers=2,
                       batch_size=64)
@@ -60,12 +61,18 @@ def test_gaussian_two_workers_improves_loads_and_a_rerun_resumes(ray_local, mock
     assert all(r["verdict"] in ("calibrated", "under-confident", "over-confident")
                for r in check["targets"].values())
     assert load_posterior(s["model_uri"]).config["calibration"] == check
+    # every epoch's progress reached the driver's output, once
+    printed = capsys.readouterr().out
+    assert [printed.count(f"[gaussian] epoch {e}/3: train loss") for e in (1, 2, 3)] == [1, 1, 1]
     # the same command again with more epochs resumes from the last checkpoint
     s = fit(dataclasses.replace(cfg, epochs=4))
     h = s["history"]
     assert [e["epoch"] for e in h] == [0, 1, 2, 3]
     assert h[0]["resumed_from_epoch"] is None and h[3]["resumed_from_epoch"] == 2
     assert all(e["lr"] > 0 for e in h)               # the learning rate each epoch ran at
+    assert all(e["workers"] == 2 and len(e["nodes"]) == 1 for e in h)
+    printed = capsys.readouterr().out                # the resumed run shows only its epoch
+    assert "[gaussian] epoch 4/4" in printed and "epoch 3/4" not in printed
 
 
 def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket):

@@ -17,6 +17,8 @@ A config file (YAML) holds any of these keys; every command-line option override
     lr_schedule: plateau       # plateau: halve the learning rate when the validation loss
                                # stalls (after patience // 2 epochs); none: constant
     workers: 2                 # Ray Train workers (data-parallel, DDP)
+    min_workers: null          # elastic: keep training on as few as this many workers when
+                               # nodes are lost (null: always exactly `workers`)
     gpus_per_worker: 0
     cpus_per_worker: null      # null: chosen from the cluster's free CPUs
     max_failures: 2            # worker failures to recover from (resuming from checkpoints)
@@ -80,6 +82,7 @@ class TrainConfig:
     patience: int = 5
     lr_schedule: str = "plateau"
     workers: int = 1
+    min_workers: int | None = None
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
     max_failures: int = 2
@@ -114,6 +117,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.workers < 1 or self.epochs < 1:
             raise ValueError("workers and epochs must be >= 1")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.workers:
+            raise ValueError(f"min_workers must be between 1 and workers ({self.workers}), "
+                             f"not {self.min_workers}")
         _check_split(self.split)
 
     def check_trainable(self) -> None:
@@ -144,8 +150,8 @@ class TrainConfig:
 
 
 #: Options whose values must be whole numbers / numbers, named in errors as given.
-INT_OPTIONS = ("epochs", "batch_size", "patience", "workers", "max_failures", "seed",
-               "max_rows")
+INT_OPTIONS = ("epochs", "batch_size", "patience", "workers", "min_workers", "max_failures",
+               "seed", "max_rows")
 FLOAT_OPTIONS = ("lr", "weight_decay", "gpus_per_worker", "cpus_per_worker")
 #: Keys of a config file that belong to one command and are not training options.
 COMMAND_KEYS = {"search_space": "raygal tune"}

@@ -24,7 +24,6 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from ray.train import UserCallback
 
 from .. import storage
 from ..pipelines import DEFAULT_FRACTIONS, augment, read_dataset, split, split_of, stats_for
@@ -104,21 +103,65 @@ def default_cpus_per_worker(cfg: TrainConfig, capacity=None) -> float:
     return max(0.25, min(float(math.floor(per)) if per >= 1 else per, 8.0))
 
 
-class EpochProgress(UserCallback):
-    """Prints each epoch's losses and rate as the workers report it, so the driver's output and
-    ``ray job logs`` show training progress."""
+class EpochProgress:
+    """Prints each epoch's losses and rate on the driver as the epoch's checkpoint lands in the
+    run folder (local or S3), so the command's output and ``ray job logs`` show training
+    progress: Ray Train's controller and workers print only to their own processes' logs.
 
-    def __init__(self, epochs: int, label: str):
-        self.epochs, self.label = epochs, label
+    A thread polls the run folder every ``interval`` seconds; epochs already there when it
+    starts (a resumed run) are not repeated. Used as a context manager around
+    ``trainer.fit()``."""
 
-    def after_report(self, run_context, metrics, checkpoint):
-        m = metrics[0] if metrics else {}
-        if "epoch" not in m:
-            return
-        print(f"[{self.label}] epoch {int(m['epoch']) + 1}/{self.epochs}: "
-              f"train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f} "
-              f"(best {m['best_val_loss']:.4f}), {m['samples_per_s']:.0f} samples/s, "
-              f"{m['epoch_time_s']:.1f} s", flush=True)
+    def __init__(self, run_uri: str, epochs: int, label: str, interval: float = 1.0):
+        import threading
+
+        self.run_uri, self.epochs, self.label, self.interval = run_uri, epochs, label, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="epoch-progress")
+        self._seen = set(self._epoch_dirs())
+
+    def _epoch_dirs(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        fs, path = storage.arrow_fs(self.run_uri)
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except Exception:               # a passing storage error: try again at the next poll
+            return []
+        return sorted(i.base_name for i in infos
+                      if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch-"))
+
+    def poll(self) -> None:
+        from .loop import META_FILE
+
+        for name in self._epoch_dirs():
+            if name in self._seen:
+                continue
+            try:
+                history = storage.read_json(storage.join(self.run_uri, name, META_FILE))["history"]
+            except Exception:           # still being written: read it at the next poll
+                continue
+            self._seen.add(name)
+            m = history[-1]
+            print(f"[{self.label}] epoch {int(m['epoch']) + 1}/{self.epochs}: "
+                  f"train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f} "
+                  f"(best {m['best_val_loss']:.4f}), {m['samples_per_s']:.0f} samples/s, "
+                  f"{m['epoch_time_s']:.1f} s, lr {m.get('lr', float('nan')):.2g}, "
+                  f"{m.get('workers', '?')} worker(s)", flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.poll()                     # the last epochs, written just before the end
+        return False
 
 
 def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | None = None,
@@ -179,7 +222,11 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
     resources = {"CPU": cpus}
     if cfg.gpus_per_worker:
         resources["GPU"] = cfg.gpus_per_worker
-    scaling = ray.train.ScalingConfig(num_workers=cfg.workers,
+    # Elastic when min_workers is set: Ray Train restarts the group on what is left after a
+    # node is lost (resuming from the last checkpoint) and grows it back as nodes return.
+    elastic = cfg.min_workers is not None and cfg.min_workers < cfg.workers
+    scaling = ray.train.ScalingConfig(num_workers=(cfg.min_workers, cfg.workers) if elastic
+                                      else cfg.workers,
                                       use_gpu=bool(cfg.gpus_per_worker),
                                       resources_per_worker=resources)
     fs, path = storage.arrow_fs(storage.join(cfg.out, "ray"))
@@ -187,7 +234,7 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
         name=run_name, storage_path=path, storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        callbacks=[EpochProgress(cfg.epochs, cfg.model), *(callbacks or [])])
+        callbacks=list(callbacks or []))
     loop_config = {"cfg": cfg.to_dict(), "stats": stats.to_dict(),
                    "image_shape": list(image_shape) if image_shape else None,
                    "torch_threads": max(1, int(cpus)), "run_id": uuid.uuid4().hex[:8],
@@ -367,7 +414,8 @@ def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = 
     record = claim_run(cfg, run_name)
     cfg, sizing = sized(cfg)
     trainer = make_trainer(cfg, run_name, fail_at_epoch=fail_at_epoch)
-    result = trainer.fit()
+    with EpochProgress(storage.join(cfg.out, "ray", run_name), cfg.epochs, cfg.model):
+        result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     if result.checkpoint is None:

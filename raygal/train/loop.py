@@ -60,6 +60,17 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def _nodes_of_workers(node_id: str) -> list[str]:
+    """The sorted distinct Ray node ids of every worker in the group (all-gathered)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [node_id]
+    ids = [None] * dist.get_world_size()
+    dist.all_gather_object(ids, node_id)
+    return sorted(set(ids))
+
+
 def _state_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -98,6 +109,8 @@ def train_loop_per_worker(config: dict) -> None:
     cfg, stats = config["cfg"], NormStats.from_dict(config["stats"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    # Recorded per epoch: an elastic run (min_workers) shows where its group shrank or grew.
+    nodes = _nodes_of_workers(ray.get_runtime_context().get_node_id())
     threads = config.get("torch_threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -176,7 +189,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "best_val_loss": best_val, "train_rows": int(n_rows),
                    "samples_per_s": n_rows / max(t_train, 1e-9), "epoch_time_s": t_train,
-                   "lr": lr_epoch,
+                   "lr": lr_epoch, "workers": ctx.get_world_size(), "nodes": nodes,
                    "resumed_from_epoch": resumed_from, "early_stopped": bool(
                        stop and epoch < cfg["epochs"] - 1)}
         history = [h for h in history if h["epoch"] < epoch] + [metrics]
