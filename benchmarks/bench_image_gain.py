@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     results = {}
     for name, kw in runs:
         t0 = time.perf_counter()
-        s = fit(TrainConfig(out=os.path.join(tmp, name.replace(" ", "_").strip("()")),
+        s = fit(TrainConfig(out=os.path.join(tmp, name.replace(" (", "_").rstrip(")")),
                             **common, **kw))
         r = score(s["model_uri"], rows, a.samples)
         r.update(epochs=s["epochs_run"], best_val_loss=s["best_val_loss"],

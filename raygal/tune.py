@@ -131,6 +131,29 @@ def _trial(params: dict) -> None:
     trainer.fit()
 
 
+def _trial_progress(epochs: int):
+    """A Tune callback printing every trial's epochs on the driver (Tune's controller runs
+    there), so the sweep's output and ``ray job logs`` show each trial's losses and rate."""
+    from ray import tune
+
+    class TrialProgress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "epoch" not in result:
+                return
+            print(f"[tune] trial {trial.trial_id} epoch {int(result['epoch']) + 1}/{epochs}: "
+                  f"val loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f}), "
+                  f"{result.get('samples_per_s', float('nan')):.0f} samples/s", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            print(f"[tune] trial {trial.trial_id} finished", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[tune] trial {trial.trial_id} failed: {trial.error_file or 'see its log'}",
+                  flush=True)
+
+    return TrialProgress()
+
+
 #: the bound on trials at once where the cluster's growth has no limit (Tune queues the rest)
 UNBOUNDED_TRIALS = 1_000_000
 
@@ -193,7 +216,8 @@ def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
             scheduler=ASHAScheduler(max_t=cfg.epochs, grace_period=min(grace_period,
                                                                        cfg.epochs),
                                     time_attr="training_iteration")),
-        run_config=tune.RunConfig(name="sweep", storage_path=path, storage_filesystem=fs))
+        run_config=tune.RunConfig(name="sweep", storage_path=path, storage_filesystem=fs,
+                                  callbacks=[_trial_progress(cfg.epochs)]))
     grid = tuner.fit()
     rows = []
     for r in grid:

@@ -160,7 +160,7 @@ def test_plateau_schedule_halves_on_a_stall_and_survives_a_checkpoint():
         TrainConfig(model="gaussian", data="/d", out="/o", lr_schedule="cosine")
 
 
-def test_two_trial_sweep_exports_best(ray_local, mock, tmp_path):
+def test_two_trial_sweep_exports_best(ray_local, mock, tmp_path, capsys):
     from raygal.tune import run_sweep
 
     cfg = TrainConfig(model="gaussian", data=mock, out=str(tmp_path / "sweep"), inputs="phot",
@@ -171,6 +171,9 @@ def test_two_trial_sweep_exports_best(ray_local, mock, tmp_path):
     s = run_sweep(cfg, trials=2, search_space={"hidden": [16, 32], "lr": [1e-3, 3e-3]},
                   max_concurrent_trials=1)
     assert s["max_concurrent_trials"] == 1
+    # each trial's epochs are printed on the driver (the sweep's and the job's log)
+    printed = capsys.readouterr().out
+    assert printed.count("[tune] trial ") >= 2 and " epoch 1/2: val loss " in printed
     assert len(s["results"]) == 2
     assert all(r["error"] is None for r in s["results"])
     assert s["best"]["best_val_loss"] == min(r["best_val_loss"] for r in s["results"])
