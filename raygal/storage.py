@@ -196,18 +196,21 @@ def makedirs(uri: str) -> None:
     os.makedirs(loc.path, exist_ok=True)
 
 
-def listdir(uri: str, suffix: str = "", hidden: bool = False) -> list[str]:
-    """Sorted URIs of the files directly under ``uri`` whose names end with ``suffix``; names
-    starting with ``.`` (temporary files) are left out unless ``hidden``."""
+def listdir(uri: str, suffix: str = "", hidden: bool = False, folders: bool = False
+            ) -> list[str]:
+    """Sorted URIs of the files (of the folders, with ``folders``) directly under ``uri``
+    whose names end with ``suffix``; names starting with ``.`` (temporary files) are left out
+    unless ``hidden``."""
     fs, path = arrow_fs(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except Exception as exc:
         raise _wrap(uri, exc) from None
     loc = parse_uri(uri)
+    kind = pafs.FileType.Directory if folders else pafs.FileType.File
     out = []
     for info in infos:
-        if info.type != pafs.FileType.File or not info.base_name.endswith(suffix):
+        if info.type != kind or not info.base_name.endswith(suffix):
             continue
         if info.base_name.startswith(".") and not hidden:
             continue

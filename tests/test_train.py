@@ -75,7 +75,7 @@ def test_gaussian_two_workers_improves_loads_and_a_rerun_resumes(ray_local, mock
     assert "[gaussian] epoch 4/4" in printed and "epoch 3/4" not in printed
 
 
-def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket):
+def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket, capsys):
     out = f"{s3_bucket}/runs/cfm"
     cfg = TrainConfig(model="cfm", data=mock, out=out, inputs="image+phot",
                       targets=("log_mstar", "log_sfr"), epochs=3, workers=2, batch_size=64,
@@ -93,6 +93,8 @@ def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket):
     ckpts = [u for u in storage.listdir(f"{out}/ray/train/epoch-0002") if
              u.endswith("state.pt")]
     assert ckpts, "per-epoch checkpoint not on the S3 server"
+    # the driver saw every epoch's checkpoint folder on S3 and printed its progress
+    assert "[cfm] epoch 3/3: train loss" in capsys.readouterr().out
     post = _check_model(s["model_uri"], mock)
     assert post.kind == "cfm" and s["model_uri"].startswith("s3://")
 

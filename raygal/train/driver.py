@@ -121,15 +121,12 @@ class EpochProgress:
         self._seen = set(self._epoch_dirs())
 
     def _epoch_dirs(self) -> list[str]:
-        import pyarrow.fs as pafs
-
-        fs, path = storage.arrow_fs(self.run_uri)
         try:
-            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        except Exception:               # a passing storage error: try again at the next poll
+            folders = storage.listdir(self.run_uri, folders=True)
+        except storage.StorageError:    # a passing storage error: try again at the next poll
             return []
-        return sorted(i.base_name for i in infos
-                      if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch-"))
+        names = (u.rsplit("/", 1)[-1] for u in folders)
+        return [n for n in names if n.startswith("epoch-")]
 
     def poll(self) -> None:
         from .loop import META_FILE
