@@ -108,9 +108,10 @@ class EpochProgress:
     run folder (local or S3), so the command's output and ``ray job logs`` show training
     progress: Ray Train's controller and workers print only to their own processes' logs.
 
-    A thread polls the run folder every ``interval`` seconds; epochs already there when it
-    starts (a resumed run) are not repeated. Used as a context manager around
-    ``trainer.fit()``."""
+    A thread polls the run folder every ``interval`` seconds. Each checkpoint's history holds
+    every epoch so far, so epochs whose folders were already rotated away (fast epochs,
+    ``num_to_keep``) are printed too; epochs already there when it starts (a resumed run) are
+    not repeated. Used as a context manager around ``trainer.fit()``."""
 
     def __init__(self, run_uri: str, epochs: int, label: str, interval: float = 1.0):
         import threading
@@ -118,7 +119,7 @@ class EpochProgress:
         self.run_uri, self.epochs, self.label, self.interval = run_uri, epochs, label, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="epoch-progress")
-        self._seen = set(self._epoch_dirs())
+        self._printed = max((int(n.split("-")[1]) for n in self._epoch_dirs()), default=-1)
 
     def _epoch_dirs(self) -> list[str]:
         try:
@@ -131,15 +132,18 @@ class EpochProgress:
     def poll(self) -> None:
         from .loop import META_FILE
 
-        for name in self._epoch_dirs():
-            if name in self._seen:
+        newer = [n for n in self._epoch_dirs() if int(n.split("-")[1]) > self._printed]
+        if not newer:
+            return
+        try:
+            history = storage.read_json(storage.join(self.run_uri, newer[-1], META_FILE))[
+                "history"]
+        except Exception:               # still being written: read it at the next poll
+            return
+        for m in history:
+            if int(m["epoch"]) <= self._printed:
                 continue
-            try:
-                history = storage.read_json(storage.join(self.run_uri, name, META_FILE))["history"]
-            except Exception:           # still being written: read it at the next poll
-                continue
-            self._seen.add(name)
-            m = history[-1]
+            self._printed = int(m["epoch"])
             print(f"[{self.label}] epoch {int(m['epoch']) + 1}/{self.epochs}: "
                   f"train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f} "
                   f"(best {m['best_val_loss']:.4f}), {m['samples_per_s']:.0f} samples/s, "
