@@ -66,6 +66,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--vae-epochs", type=int, default=4)
     ap.add_argument("--variants", default="zero,default", help="image_init values to train")
+    ap.add_argument("--ema-decay", type=float, default=0.0,
+                    help="every model's weight average (training option ema_decay)")
+    ap.add_argument("--image-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="model option of the image models only, e.g. aux_weight=1")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
@@ -98,7 +102,9 @@ def main(argv=None) -> dict:
     st = SETTINGS[a.model]
     common = dict(model=a.model, data=mock, targets=targets, epochs=epochs, workers=a.workers,
                   seed=a.seed, patience=a.patience, size="paper",
-                  batch_size=st["batch_size"], lr=st["lr"])
+                  batch_size=st["batch_size"], lr=st["lr"], ema_decay=a.ema_decay)
+    import yaml
+    image_extra = {k: yaml.safe_load(v) for k, v in (it.split("=", 1) for it in a.image_set)}
     vae = None
     if a.model == "nf":
         sv = fit(TrainConfig(model="vae", data=mock, out=os.path.join(tmp, "vae"),
@@ -112,6 +118,7 @@ def main(argv=None) -> dict:
         extra = {"vae": vae} if vae else {}
         runs.append((f"image ({init})", dict(inputs="image+phot", **extra,
                                               model_config={**st["model_config"],
+                                                            **image_extra,
                                                             "image_init": init})))
     results = {}
     for name, kw in runs:

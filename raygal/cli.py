@@ -144,6 +144,7 @@ def _train_config(args):
         args.config, model=args.model, data=args.data, out=args.out, inputs=args.inputs,
         targets=args.targets, vae=args.vae, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, patience=args.patience, lr_schedule=args.lr_schedule,
+        ema_decay=args.ema_decay,
         workers=args.workers, min_workers=args.min_workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, seed=args.seed, max_rows=args.max_rows,
@@ -341,6 +342,9 @@ def _add_train_options(s, name: str) -> None:
     s.add_argument("--lr-schedule", choices=("plateau", "none"),
                    help="plateau (default): halve the learning rate after patience // 2 "
                         "epochs without a better validation loss; none: constant")
+    s.add_argument("--ema-decay", type=float,
+                   help="validate and export an exponential moving average of the weights "
+                        "with this decay per step, e.g. 0.999 (default 0: off)")
     s.add_argument("--max-failures", type=int,
                    help="worker failures to recover from by resuming (default 2)")
     s.add_argument("--max-rows", type=int, help="cap the training rows (quick runs)")

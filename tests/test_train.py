@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from raygal import storage
 from raygal.shards import read_manifest
@@ -123,15 +124,28 @@ def test_vae_then_image_nf_on_stored_features(ray_local, mock, tmp_path):
 
 
 def test_worker_death_resumes_from_checkpoint(ray_local, mock, tmp_path):
+    from raygal.train.loop import load_checkpoint_state
+
     cfg = TrainConfig(model="gaussian", data=mock, out=str(tmp_path / "ft"), inputs="phot",
                       targets=("log_mstar",), epochs=3, workers=2, batch_size=64,
-                      max_failures=1)
+                      max_failures=1, ema_decay=0.9)
     s = fit(cfg, fail_at_epoch=1)
     h = s["history"]
     assert [e["epoch"] for e in h] == [0, 1, 2]              # every epoch once, finished
     # the restarted group resumed from the checkpoint of epoch 0: at most one epoch redone
     assert h[0]["resumed_from_epoch"] is None
     assert h[1]["resumed_from_epoch"] == 0 and h[2]["resumed_from_epoch"] == 0
+    # the weight average survived the restart: it kept counting from epoch 0's updates
+    # (a fresh one would have as many updates at epoch 1 as epochs 1-2 added)
+    (s1, _), (s2, _) = (load_checkpoint_state(str(tmp_path / "ft" / "ray" / "train" /
+                                                  f"epoch-{e:04d}")) for e in (1, 2))
+    per_epoch = s2["ema"]["updates"] - s1["ema"]["updates"]
+    assert per_epoch > 0 and s1["ema"]["updates"] == 2 * per_epoch
+    # validation and the exported model use the averaged weights, not the raw ones
+    exported = load_posterior(s["model_uri"]).state_dict()
+    best = s2["best_model"]
+    assert all(torch.equal(exported[k], best[k]) for k in exported)
+    assert any(not torch.equal(best[k], s2["model"][k]) for k in s2["ema"]["shadow"])
 
 
 def test_plateau_schedule_halves_on_a_stall_and_survives_a_checkpoint():
@@ -160,6 +174,8 @@ def test_plateau_schedule_halves_on_a_stall_and_survives_a_checkpoint():
     assert make_scheduler({**cfg, "lr_schedule": "none"}, opt) is None
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(model="gaussian", data="/d", out="/o", lr_schedule="cosine")
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(model="gaussian", data="/d", out="/o", ema_decay=1.0)
 
 
 def test_two_trial_sweep_exports_best(ray_local, mock, tmp_path, capsys):

@@ -16,6 +16,8 @@ A config file (YAML) holds any of these keys; every command-line option override
     patience: 5                # early stopping: epochs without a better validation loss
     lr_schedule: plateau       # plateau: halve the learning rate when the validation loss
                                # stalls (after patience // 2 epochs); none: constant
+    ema_decay: 0.0             # > 0: validate, early-stop and export an exponential moving
+                               # average of the weights (e.g. 0.999); 0: the raw weights
     workers: 2                 # Ray Train workers (data-parallel, DDP)
     min_workers: null          # elastic: keep training on as few as this many workers when
                                # nodes are lost (null: always exactly `workers`)
@@ -81,6 +83,7 @@ class TrainConfig:
     optimizer: str | None = None
     patience: int = 5
     lr_schedule: str = "plateau"
+    ema_decay: float = 0.0
     workers: int = 1
     min_workers: int | None = None
     gpus_per_worker: float = 0.0
@@ -113,6 +116,9 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not "
                              f"{self.lr_schedule!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), e.g. 0.999, not "
+                             f"{self.ema_decay}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, not {self.optimizer!r}")
         if self.workers < 1 or self.epochs < 1:
@@ -152,7 +158,7 @@ class TrainConfig:
 #: Options whose values must be whole numbers / numbers, named in errors as given.
 INT_OPTIONS = ("epochs", "batch_size", "patience", "workers", "min_workers", "max_failures",
                "seed", "max_rows")
-FLOAT_OPTIONS = ("lr", "weight_decay", "gpus_per_worker", "cpus_per_worker")
+FLOAT_OPTIONS = ("lr", "weight_decay", "ema_decay", "gpus_per_worker", "cpus_per_worker")
 #: Keys of a config file that belong to one command and are not training options.
 COMMAND_KEYS = {"search_space": "raygal tune"}
 

@@ -13,6 +13,7 @@ epoch in progress.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -49,6 +50,77 @@ def make_scheduler(cfg: dict, opt):
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=0.5, patience=max(1, cfg["patience"] // 2) - 1,
         threshold=1e-6, threshold_mode="abs", min_lr=cfg["lr"] / 100)
+
+
+class WeightAverage:
+    """An exponential moving average of a module's floating-point weights (``ema_decay``).
+
+    Updated after every optimiser step; validation, early stopping and the exported best
+    model use the averaged weights, training continues on the raw ones. The average smooths
+    the step-to-step jitter of stochastic losses (flow matching's random t and noise), which
+    otherwise shows up as epoch-to-epoch swings of the validation loss. The decay warms up as
+    min(decay, (1 + n) / (10 + n)) after n updates, so early epochs are not dominated by the
+    initial weights. DDP keeps every rank's weights identical, so every rank's average is too.
+
+    >>> m = torch.nn.Linear(1, 1, bias=False)
+    >>> avg = WeightAverage(m, decay=0.5)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.fill_(1.0)
+    >>> avg.update(m); avg.update(m)
+    >>> with avg.applied(m):
+    ...     averaged = float(m.weight)
+    >>> 0.0 < averaged < 1.0, float(m.weight)       # the raw weight is back afterwards
+    (True, 1.0)
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), not {decay}")
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()
+                       if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                if self.shadow[k].device != v.device:       # the module moved to its device
+                    self.shadow[k] = self.shadow[k].to(v.device)
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates,
+                "shadow": {k: v.detach().cpu() for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+    def averaged_state(self, module: torch.nn.Module) -> dict:
+        """The module's state dict with the averaged weights in place of the raw ones."""
+        return {k: (self.shadow[k] if k in self.shadow else v).detach().cpu().clone()
+                for k, v in module.state_dict().items()}
+
+    def applied(self, module: torch.nn.Module):
+        """A context in which ``module`` holds the averaged weights (raw ones restored after)."""
+        @contextlib.contextmanager
+        def swap():
+            raw = {k: v.detach().clone() for k, v in module.state_dict().items()
+                   if k in self.shadow}
+            module.load_state_dict(self.shadow, strict=False)
+            try:
+                yield module
+            finally:
+                module.load_state_dict(raw, strict=False)
+        return swap()
+
+
+def make_weight_average(cfg: dict, module: torch.nn.Module) -> WeightAverage | None:
+    decay = float(cfg.get("ema_decay") or 0.0)
+    return WeightAverage(module, decay) if decay > 0 else None
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
@@ -135,6 +207,9 @@ def train_loop_per_worker(config: dict) -> None:
         best_val, bad_epochs = float(state["best_val"]), int(state["bad_epochs"])
         history = meta.get("history", [])
         resumed_from = int(state["epoch"])
+    avg = make_weight_average(cfg, model)    # the average starts from the resumed weights...
+    if avg is not None and ckpt is not None and state.get("ema") is not None:
+        avg.load_state_dict(state["ema"])    # ...or continues the checkpoint's
 
     inner = model
     model = ray.train.torch.prepare_model(model)
@@ -160,6 +235,8 @@ def train_loop_per_worker(config: dict) -> None:
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
+            if avg is not None:
+                avg.update(inner)
             _maybe_fail(fail_at, cfg["workers"], epoch, rank, config.get("run_id", "run"))
             n = len(batch["objid"])
             tot += float(out["loss"].detach()) * n
@@ -168,7 +245,8 @@ def train_loop_per_worker(config: dict) -> None:
 
         model.eval()
         vsum, vn = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), (avg.applied(inner) if avg is not None
+                               else contextlib.nullcontext()):
             for batch in val_shard.iter_torch_batches(batch_size=max(bs, 256), device=device):
                 out = inner(batch)
                 n = len(batch["objid"])
@@ -180,7 +258,8 @@ def train_loop_per_worker(config: dict) -> None:
         improved = val_loss < best_val - 1e-6
         if improved:
             best_val, bad_epochs = val_loss, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+            best_state = (avg.averaged_state(inner) if avg is not None else
+                          {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
         else:
             bad_epochs += 1
         if sched is not None:
@@ -200,7 +279,8 @@ def train_loop_per_worker(config: dict) -> None:
                 state = {"model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
                          "optimizer": opt.state_dict(), "epoch": epoch, "best_val": best_val,
                          "bad_epochs": bad_epochs, "best_model": best_state,
-                         "scheduler": sched.state_dict() if sched is not None else None}
+                         "scheduler": sched.state_dict() if sched is not None else None,
+                         "ema": avg.state_dict() if avg is not None else None}
                 with open(os.path.join(tmp, STATE_FILE), "wb") as f:
                     f.write(_state_bytes(state))
                 with open(os.path.join(tmp, META_FILE), "w") as f:
