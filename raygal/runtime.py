@@ -52,6 +52,9 @@ def configure_ray_data(progress: bool = False) -> None:
 #: Where Ray's cluster launcher leaves the autoscaling config on the head node (where
 #: ``ray job submit`` runs the driver).
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+#: An environment variable naming another autoscaling config to read (a head started by hand
+#: with ``ray start --head --autoscaling-config=PATH``).
+AUTOSCALER_CONFIG_ENV = "RAYGAL_AUTOSCALER_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -115,16 +118,18 @@ def _gcs_node_types() -> tuple | None:
                  for g in config.node_group_configs)
 
 
-def cluster_capacity(bootstrap_config: str = BOOTSTRAP_CONFIG) -> Capacity:
+def cluster_capacity(bootstrap_config: str | None = None) -> Capacity:
     """What the running cluster can grow to: the autoscaler's node types when the cluster
-    autoscales (reported to the GCS, or the cluster launcher's config on the head node), else
+    autoscales (reported to the GCS, or the autoscaling config on the head node: the cluster
+    launcher's ``BOOTSTRAP_CONFIG``, or the file ``$RAYGAL_AUTOSCALER_CONFIG`` names), else
     the nodes alive now (a fixed cluster, or a local Ray: what it has is all it will have)."""
     import ray
 
     types = _gcs_node_types()
     if types:
         return Capacity(types, "autoscaler (GCS)")
-    path = os.path.expanduser(bootstrap_config)
+    path = os.path.expanduser(bootstrap_config or os.environ.get(AUTOSCALER_CONFIG_ENV)
+                              or BOOTSTRAP_CONFIG)
     if os.path.exists(path):
         import yaml
 
