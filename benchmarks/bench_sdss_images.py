@@ -200,12 +200,15 @@ def ensure_cutout_stats(train_uri: str, train) -> dict | None:
     of the training rows (``raygal.pipelines.stats_for``, what ``fit`` reads) have a
     non-finite cutout scale, this saves them beside the data with the scale raygal would
     compute, the per-channel RMS over the rows with a usable cutout, and returns what it
-    did; with a fixed raygal it does nothing and returns None."""
-    from raygal.inputs import as_numpy_batch, cutout_array
-    from raygal.pipelines import save_stats, stats_for
+    did; with a fixed raygal it does nothing (``fit`` computes the statistics) and returns
+    None. The statistics are raygal's ``StatsAccumulator`` over the training rows in memory,
+    the accumulator ``raygal.pipelines.compute_stats`` runs on Ray Data."""
+    from raygal.inputs import StatsAccumulator, as_numpy_batch, cutout_array
+    from raygal.pipelines import save_stats
     from raygal.shards import fingerprint
 
-    stats = stats_for(train_uri)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = StatsAccumulator().update(train).finalize()
     if stats.cutout_scale is not None and np.isfinite(stats.cutout_scale).all():
         return None
     img = cutout_array(as_numpy_batch(train.select(["cutout"]))).astype(np.float64)

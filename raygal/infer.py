@@ -404,6 +404,12 @@ def infer(model_uri: str, data_uri: str, out_uri: str, samples: int = 1000,
                                     (model_uri, data_uri, out_uri))
     block_rows = DEFAULT_BLOCK_ROWS if block_rows is None else block_rows
     _check_options(samples, block_rows, batch_size, min_actors, max_actors)
+    from .runtime import require_resources
+
+    require_resources({"CPU": cpus_per_actor or 1.0, "GPU": gpus_per_actor},
+                      "an inference actor",
+                      hint="lower --gpus-per-actor / --cpus-per-actor (0 GPUs: run on CPUs), "
+                           "or add such a node type to the cluster")
     desc = check_compatible(model_uri, data_uri, allow_cutout_mismatch)
     post = load_model(model_uri, solver)
     solver = solver or post.solver          # the settings name the solver really used

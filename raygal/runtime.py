@@ -140,3 +140,38 @@ def cluster_capacity(bootstrap_config: str | None = None) -> Capacity:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return Capacity(tuple(NodeType(n.get("NodeID", "?")[:8], dict(n.get("Resources") or {}), 1)
                           for n in nodes), "nodes alive")
+
+
+def require_resources(per_unit: dict, what: str, hint: str = "",
+                      capacity: Capacity | None = None) -> None:
+    """Raise a ValueError at once when no node the cluster has or can grow to
+    (``cluster_capacity``) holds one ``what`` asking ``per_unit`` resources (e.g.
+    ``{"GPU": 1}`` on a CPU-only cluster): Ray would queue it and wait, silently, forever.
+
+    >>> cap = Capacity((NodeType("cpu", {"CPU": 8}, 4),), "test")
+    >>> require_resources({"CPU": 2}, "an actor", capacity=cap)
+    >>> require_resources({"CPU": 1, "GPU": 1}, "a training worker", capacity=cap)
+    Traceback (most recent call last):
+    ...
+    ValueError: a training worker asks for 1 CPU and 1 GPU on one node, but no node of this cluster has that (node types from test: cpu: 8 CPU)
+    """
+    import ray
+
+    want = {k: float(v) for k, v in per_unit.items() if v}
+    if not want or (capacity is None and not ray.is_initialized()):
+        return                                 # nothing asked, or no cluster to ask
+    cap = capacity or cluster_capacity()
+    usable = [t for t in cap.node_types if t.max_count != 0]
+    if any(all(float(t.resources.get(k, 0)) >= v - 1e-9 for k, v in want.items())
+           for t in usable):
+        return
+
+    def fmt(res: dict) -> str:
+        keys = [k for k in ("CPU", "GPU") if k in res] + sorted(
+            k for k in res if k not in ("CPU", "GPU") and k in want)
+        return " and ".join(f"{res[k]:g} {k}" for k in keys) or "no CPU or GPU"
+
+    types = "; ".join(f"{t.name}: {fmt(t.resources)}" for t in usable) or "none"
+    raise ValueError(f"{what} asks for {fmt(want)} on one node, but no node of this cluster "
+                     f"has that (node types from {cap.source}: {types})"
+                     + (f"; {hint}" if hint else ""))

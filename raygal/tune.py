@@ -188,9 +188,10 @@ def run_sweep(cfg: TrainConfig, trials: int, search_space: dict | None = None,
 
     from .runtime import cluster_capacity
 
-    from .train.driver import export_checkpoint, sized, trained_on
+    from .train.driver import check_worker_resources, export_checkpoint, sized, trained_on
 
     space = to_tune_space(search_space or SEARCH_SPACES[cfg.model])
+    check_worker_resources(cfg)   # GPUs on a CPU-only cluster: an error now, not a wait
     cfg, _ = sized(cfg)           # the search space's options override the sizing's
     cap = cluster_capacity()
     if cfg.cpus_per_worker is None:

@@ -113,3 +113,25 @@ def test_size_small_applies_to_any_row_count_and_bad_size_is_refused():
     assert rec["size"] == "small"
     with pytest.raises(ValueError, match="size must be one of auto, paper, small"):
         _cfg(size="tiny")
+
+
+def test_gpus_asked_on_a_cpu_only_cluster_fail_at_once_naming_what_is_missing(ray_local,
+                                                                              tmp_path):
+    """The local Ray has CPUs only: a GPU worker, actor or trial would wait forever."""
+    import time
+
+    from raygal.infer import infer
+    from raygal.train.driver import fit
+    from raygal.tune import run_sweep
+
+    cfg = _cfg(data=str(tmp_path / "none"), out=str(tmp_path / "run"), gpus_per_worker=1)
+    t0 = time.perf_counter()
+    for call in (lambda: fit(cfg), lambda: run_sweep(cfg, trials=2),
+                 lambda: infer(str(tmp_path / "m"), str(tmp_path / "d"), str(tmp_path / "o"),
+                               gpus_per_actor=1)):
+        with pytest.raises(ValueError, match=r"asks for .*1 GPU.*no node of this cluster"):
+            call()
+    with pytest.raises(ValueError, match="asks for 64 CPU"):
+        fit(_cfg(data="d", out=str(tmp_path / "run2"), cpus_per_worker=64))
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "run").exists()              # nothing written before the error

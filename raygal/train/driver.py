@@ -103,6 +103,19 @@ def default_cpus_per_worker(cfg: TrainConfig, capacity=None) -> float:
     return max(0.25, min(float(math.floor(per)) if per >= 1 else per, 8.0))
 
 
+def check_worker_resources(cfg: TrainConfig, capacity=None) -> None:
+    """An error naming what is missing, before anything starts, when no node of the cluster
+    can hold one training worker (GPUs asked on a CPU-only cluster, more CPUs than a node
+    has), instead of Ray Train waiting for it silently."""
+    from ..runtime import require_resources
+
+    require_resources({"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},
+                      "a training worker",
+                      hint="lower --gpus-per-worker / --cpus-per-worker (0 GPUs: train on "
+                           "CPUs), or add such a node type to the cluster",
+                      capacity=capacity)
+
+
 class EpochProgress:
     """Prints each epoch's losses and rate on the driver as the epoch's checkpoint lands in the
     run folder (local or S3), so the command's output and ``ray job logs`` show training
@@ -412,6 +425,7 @@ def trained_on(cfg: TrainConfig) -> str:
 def fit(cfg: TrainConfig, run_name: str = RUN_NAME, fail_at_epoch: int | None = None) -> dict:
     """Train ``cfg`` on the running Ray cluster; export the best model to ``<out>/model``.
     ``fail_at_epoch`` kills a worker once in that epoch (fault-tolerance tests)."""
+    check_worker_resources(cfg)
     record = claim_run(cfg, run_name)
     cfg, sizing = sized(cfg)
     trainer = make_trainer(cfg, run_name, fail_at_epoch=fail_at_epoch)
