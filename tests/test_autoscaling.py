@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from _integrity_helpers import assert_unique_complete, catalog_table, dataset_and_model
+from _process_helpers import end_processes, with_descendants
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -44,37 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _descendants(root: int) -> set[int]:
-    """Every process below ``root`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = set(), [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def _end(pids: set[int]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +91,7 @@ def autoscaling_cluster(tmp_path_factory):
     finally:
         ray.shutdown()
         # the nodes the autoscaler started are the monitor's children: end them first
-        _end(_descendants(monitor.pid))
+        end_processes(with_descendants({monitor.pid}) - {monitor.pid}, wait_s=10)
         cluster.shutdown()
         for k, v in saved.items():
             if v is None:

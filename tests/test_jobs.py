@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import secrets
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _process_helpers import end_processes, process_table, with_descendants
 
 from raygal.shards import ShardWriter
 from raygal.toy import linear_gaussian
@@ -87,33 +87,10 @@ def head(tmp_path_factory):
 def _stop_head(temp_dir) -> None:
     """End this head's processes only: those started with its temp dir on their command line
     (GCS, raylet, dashboard, agents) and everything they started (workers, dashboard
-    modules), found in /proc. `ray stop` would end every Ray on the machine, other users'
-    jobs included."""
-    procs = {}                                           # pid -> (parent pid, command line)
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        procs[int(d.name)] = (ppid, cmd)
-    mine = {pid for pid, (_, cmd) in procs.items() if str(temp_dir) in cmd}
-    grew = True
-    while grew:                                          # add their descendants
-        more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine
-        mine |= more
-        grew = bool(more)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in mine:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 15
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in mine):
-            time.sleep(0.2)
+    modules). `ray stop` would end every Ray on the machine, other users' jobs included."""
+    procs = process_table()
+    end_processes(with_descendants({pid for pid, (_, cmd) in procs.items()
+                                    if str(temp_dir) in cmd}, procs))
 
 
 def test_job_server_requires_the_token(head):
