@@ -874,3 +874,20 @@ def test_benchmark_quick():
         assert v["samples_per_s"] > 0 and 0 <= v["coverage68"] <= v["coverage95"] <= 1
     assert isinstance(r["goal_met"], bool)
     assert "rk4-100" in r["image_64px"]
+
+
+def test_validation_loss_does_not_depend_on_how_rows_are_batched():
+    """In eval mode the loss's draws belong to the rows (``RowNoise``): the same galaxies give
+    the same validation loss in one batch or in shuffled pieces (Ray Data streams blocks in
+    varying order), so epochs compare models, not draws."""
+    targets = ("log_mstar", "log_sfr")
+    post = FlowMatchingPosterior(targets, "phot", make_stats(targets), SMALL).eval()
+    data = make_batch(96, targets, seed=4)
+    whole = float(post.loss(data)["loss"])
+    order = np.random.default_rng(0).permutation(96)
+    pieces = [order[:40], order[40:]]
+    parts = sum(float(post.loss({k: v[i] for k, v in data.items()})["loss"]) * len(i)
+                for i in pieces) / 96
+    assert abs(parts - whole) < 1e-5
+    post.train()                                     # training draws stay random
+    assert float(post.loss(data)["loss"]) != float(post.loss(data)["loss"])

@@ -44,7 +44,7 @@ from ..evaluate.metrics import interval_coverage
 from ..inputs import STATUS_OK, as_numpy_batch, target_matrix
 from ..schema import CFM_TARGETS, NF_METALLICITY_TARGET
 from .encoders import ConvEncoder
-from .estimator import ConditionalEstimator, Context
+from .estimator import ConditionalEstimator, Context, rand, randn
 from .nets import MLP, masked_mean, zero_image_columns
 from .nf import DETECT_COLUMN
 from .posterior import NeuralPosterior
@@ -166,10 +166,10 @@ class ProbabilityPath:
     def sample(self, theta1: torch.Tensor, generator: torch.Generator | None = None):
         """(t [B, 1], theta_t [B, D], target velocity u_t [B, D]) for data ``theta1`` [B, D];
         ``generator`` fixes every draw (validation)."""
-        kw = dict(generator=generator, device=theta1.device, dtype=theta1.dtype)
-        theta0 = torch.randn(theta1.shape, **kw)
-        t = torch.rand((theta1.shape[0], 1), **kw)
-        eps = torch.randn(theta1.shape, **kw)
+        kw = dict(device=theta1.device, dtype=theta1.dtype)
+        theta0 = randn(theta1.shape, generator, **kw)
+        t = rand((theta1.shape[0], 1), generator, **kw)
+        eps = randn(theta1.shape, generator, **kw)
         return t, (1 - t) * theta0 + t * theta1 + self.sigma * eps, theta1 - theta0
 
 

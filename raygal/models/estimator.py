@@ -139,14 +139,78 @@ class ConditionalEstimator(nn.Module, abc.ABC):
         return contextlib.nullcontext(self)
 
 
-def rows_generator(objid, device=None) -> torch.Generator:
-    """A generator seeded by a batch's object ids: the same noise draws for the same rows at
-    every epoch, so that validation losses compare models rather than draws (early stopping,
-    checkpoint choice)."""
-    ids = np.asarray(objid.cpu() if isinstance(objid, torch.Tensor) else objid)
-    gen = torch.Generator(device=device or "cpu")
-    gen.manual_seed(int(ids.astype(np.int64).astype(np.uint64).sum() % np.uint64(2**62)))
-    return gen
+class RowNoise:
+    """Noise that belongs to rows: row i's draws are a hash of (its object id, the call
+    number, the draw's index), so a validation loss gets the same draws for the same galaxy
+    at every epoch whatever batch it lands in and in whatever order (Ray Data streams blocks
+    in varying order; a generator per batch would tie the draws to the batch's make-up and
+    add noise of its own to the loss that early stopping compares).
+
+    Used where a torch generator would be: ``randn(shape, noise, device, dtype)`` and
+    ``rand(...)`` below take either. Counter-based (SplitMix64), vectorised, the same on
+    every device. Not for sampling posteriors: only for the draws inside a loss.
+
+    >>> a = RowNoise([7, 8, 9])
+    >>> b = RowNoise([9, 7])                     # other rows, other order, same galaxies
+    >>> x, y = randn((3, 2), a), randn((2, 2), b)
+    >>> torch.equal(x[0], y[1]) and torch.equal(x[2], y[0])
+    True
+    >>> torch.equal(randn((3, 2), a), x)        # the next call draws afresh
+    False
+    """
+
+    _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, objid, device=None):
+        ids = np.asarray(objid.cpu() if isinstance(objid, torch.Tensor) else objid)
+        self.ids = ids.astype(np.int64).astype(np.uint64)
+        self.device = device
+        self.calls = 0
+
+    @staticmethod
+    def _mix(z: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    def uniform(self, shape) -> np.ndarray:
+        """[B, ...] uniforms in (0, 1), float64, one stream per row and per call."""
+        shape = tuple(shape)
+        if shape[0] != len(self.ids):
+            raise ValueError(f"{len(self.ids)} rows of noise, asked for shape {list(shape)}")
+        self.calls += 1
+        per_row = int(np.prod(shape[1:], dtype=np.int64))
+        with np.errstate(over="ignore"):
+            row = self._mix(self.ids * self._GOLDEN + np.uint64(self.calls))
+            k = np.arange(1, per_row + 1, dtype=np.uint64) * self._GOLDEN
+            z = self._mix(row[:, None] + k[None, :])
+        return (((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53).reshape(shape)
 
 
-__all__ = ["Context", "ContextSpec", "ConditionalEstimator", "rows_generator"]
+def rand(shape, noise=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """U(0, 1) draws of ``shape`` from a torch generator (or None) or a ``RowNoise``."""
+    if isinstance(noise, RowNoise):
+        return torch.as_tensor(noise.uniform(shape), dtype=dtype, device=device)
+    return torch.rand(shape, generator=noise, device=device, dtype=dtype)
+
+
+def randn(shape, noise=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """N(0, 1) draws of ``shape`` from a torch generator (or None) or a ``RowNoise``
+    (Box-Muller on two of its uniforms per draw)."""
+    if isinstance(noise, RowNoise):
+        u = noise.uniform(tuple(shape) + (2,))
+        z = np.sqrt(-2.0 * np.log(u[..., 0])) * np.cos(2.0 * np.pi * u[..., 1])
+        return torch.as_tensor(z, dtype=dtype, device=device)
+    return torch.randn(shape, generator=noise, device=device, dtype=dtype)
+
+
+def rows_generator(objid, device=None) -> RowNoise:
+    """The draws of a validation loss for a batch's rows (``RowNoise``): the same for the
+    same galaxy at every epoch, so validation losses compare models rather than draws
+    (early stopping, checkpoint choice)."""
+    return RowNoise(objid, device)
+
+
+__all__ = ["Context", "ContextSpec", "ConditionalEstimator", "RowNoise", "rand", "randn",
+           "rows_generator"]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..inputs import ModelInputs, NormStats
+from .estimator import randn
 from .posterior import SavedModel, load_model
 
 VAE_KIND = "vae"
@@ -178,7 +179,7 @@ class VAE(nn.Module):
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = randn(mu.shape, generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None

@@ -68,8 +68,8 @@ class WeightAverage:
     ...     _ = m.weight.fill_(1.0)
     >>> avg.update(m); avg.update(m)
     >>> with avg.applied(m):
-    ...     averaged = float(m.weight)
-    >>> 0.0 < averaged < 1.0, float(m.weight)       # the raw weight is back afterwards
+    ...     averaged = m.weight.item()
+    >>> 0.0 < averaged < 1.0, m.weight.item()       # the raw weight is back afterwards
     (True, 1.0)
     """
 
