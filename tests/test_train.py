@@ -65,6 +65,11 @@ def test_gaussian_two_workers_improves_loads_and_a_rerun_resumes(ray_local, mock
     # every epoch's progress reached the driver's output, once
     printed = capsys.readouterr().out
     assert [printed.count(f"[gaussian] epoch {e}/3: train loss") for e in (1, 2, 3)] == [1, 1, 1]
+    # and the stages before the first epoch and after the last say what is happening
+    for stage in ("[gaussian] normalisation statistics", "[gaussian] preparing the training",
+                  "[gaussian] starting 2 Ray Train worker(s)",
+                  "[gaussian] checking calibration on"):
+        assert stage in printed, stage
     # the same command again with more epochs resumes from the last checkpoint
     s = fit(dataclasses.replace(cfg, epochs=4))
     h = s["history"]

@@ -193,7 +193,10 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
 
         data_uri = ensure_features(cfg.vae, cfg.data)
     schema = read_schema(data_uri)
-    stats = stats or stats_for(cfg.data)
+    if stats is None:
+        print(f"[{cfg.model}] normalisation statistics of {cfg.data} (computed on first use, "
+              f"then reused while the data are unchanged)...", flush=True)
+        stats = stats_for(cfg.data)
     image_shape = cutout_shape_of(schema)
     if uses_image:
         # What the cutouts are (unit, bands, pixel scale) goes into the model, so that
@@ -227,6 +230,8 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
                              cfg.max_rows):
         # Small enough to keep in Ray's object store: read, filter and prepare once, instead
         # of listing, reading and preparing every shard again at every epoch.
+        print(f"[{cfg.model}] preparing the training and validation rows once (Ray Data, "
+              f"kept in the object store)...", flush=True)
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     if cfg.augment and needs_image:
         # After materialising, so each epoch draws new rotations and flips.
@@ -249,6 +254,9 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         callbacks=list(callbacks or []))
+    print(f"[{cfg.model}] starting {cfg.workers} Ray Train worker(s) at {cpus:g} CPU"
+          + (f" and {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else "")
+          + " each; a line per epoch follows as its checkpoint lands", flush=True)
     loop_config = {"cfg": cfg.to_dict(), "stats": stats.to_dict(),
                    "image_shape": list(image_shape) if image_shape else None,
                    "torch_threads": max(1, int(cpus)), "run_id": uuid.uuid4().hex[:8],
@@ -327,6 +335,8 @@ def choose_default_solver(model, data_uri: str, fractions=DEFAULT_FRACTIONS,
                     model.solver, 0 if table is None else table.num_rows)
         return None
     model.eval()
+    print(f"[{model.kind}] choosing the ODE solver on {table.num_rows} validation galaxies "
+          f"({samples} draws each, against RK4-100)...", flush=True)
     try:
         choice = choose_solver(model, table, n=samples, store=True)
     except ValueError as exc:       # no usable validation rows
@@ -364,6 +374,8 @@ def check_calibration(model, data_uri: str, fractions=DEFAULT_FRACTIONS,
                     0 if table is None else table.num_rows)
         return None
     model.eval()
+    print(f"[{model.kind}] checking calibration on {table.num_rows} validation galaxies "
+          f"({samples} draws each)...", flush=True)
     check = heldout_check(model, table, n=samples)
     if check["rows"] < 16:
         log.warning("no calibration check: only %d usable validation galaxies", check["rows"])
