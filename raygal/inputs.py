@@ -302,7 +302,9 @@ class StatsAccumulator:
             self.e += np.stack([fin.sum(0), le.sum(0), (le ** 2).sum(0)])
         img = cutout_array(batch)
         if img is not None and img.size:
-            good = np.isfinite(img.reshape(len(img), -1)).all(axis=1) & ok
+            # every finite cutout, whether or not the row has photometry (image-only
+            # catalogs have none)
+            good = np.isfinite(img.reshape(len(img), -1)).all(axis=1)
             im = img[good].astype(np.float64)
             part = np.stack([np.full(im.shape[1], im.shape[0] * im.shape[2] * im.shape[3]),
                              (im ** 2).sum(axis=(0, 2, 3))])
@@ -362,6 +364,9 @@ class StatsAccumulator:
                 tc[k] = int(cnt)
         scale = None
         if self.c is not None:
+            if not (self.c[0] > 0).all():
+                raise ValueError("no finite cutout to compute the image scale from: every "
+                                 "cutout has NaN or infinite pixels")
             scale = [float(max(np.sqrt(ss / cnt), 1e-12)) for cnt, ss in self.c.T]
         em = es = None
         if (self.e[0] >= 2).all():

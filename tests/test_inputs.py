@@ -119,3 +119,21 @@ def test_statistics_merge_through_flat_state():
             value, dict) else [getattr(m, key)[k] for k in value],
             np.asarray(value, dtype=float) if not isinstance(value, dict) else list(
                 value.values()), rtol=1e-9, err_msg=key)
+
+
+def test_image_only_catalogs_get_a_finite_image_scale():
+    """A catalog of cutouts without photometry (e.g. the 400 real SDSS metallicity cutouts)
+    still has its cutout scale; it was NaN (cutouts were only counted on rows with
+    photometry) and every image a model saw became NaN."""
+    from raygal.inputs import StatsAccumulator
+
+    rng = np.random.default_rng(0)
+    batch = {"objid": np.arange(8), "oh12": rng.normal(8.9, 0.2, 8).astype(np.float32),
+             "cutout": rng.normal(0, 2.0, (8, 3, 16, 16)).astype(np.float32),
+             **{c: np.full(8, np.nan, np.float32) for c in MAG_COLUMNS}}   # as ingested
+    stats = StatsAccumulator(("oh12",)).update(batch).finalize()
+    assert np.all(np.isfinite(stats.cutout_scale)) and np.allclose(stats.cutout_scale, 2.0,
+                                                                   rtol=0.1)
+    batch["cutout"][:] = np.nan
+    with pytest.raises(ValueError, match="no finite cutout"):
+        StatsAccumulator(("oh12",)).update(batch).finalize()

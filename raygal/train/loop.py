@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -253,8 +254,15 @@ def train_loop_per_worker(config: dict) -> None:
                 vsum += float(out["loss"]) * n
                 vn += n
         tot, n_rows, vsum, vn = _all_reduce_sum([tot, n_rows, vsum, vn])
-        train_loss = tot / max(n_rows, 1)
+        if n_rows == 0:
+            raise RuntimeError(f"no usable training rows in epoch {epoch + 1}: every row lacks "
+                               f"the model's inputs or targets (check the data's columns)")
+        train_loss = tot / n_rows
         val_loss = vsum / vn if vn else train_loss
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise RuntimeError(f"the loss is not finite in epoch {epoch + 1} (train "
+                               f"{train_loss}, validation {val_loss}): NaN or infinite inputs "
+                               f"or statistics, or a learning rate too high")
         improved = val_loss < best_val - 1e-6
         if improved:
             best_val, bad_epochs = val_loss, 0
