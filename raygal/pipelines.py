@@ -155,12 +155,19 @@ def _tensor_shape(schema, column):
     return tuple(shape) if shape is not None else None
 
 
+#: How statistics are computed. 2: the cutout scale counts every finite cutout (version 1
+#: only those of rows with photometry: NaN on catalogs of cutouts alone).
+STATS_VERSION = 2
+STATS_VERSION_KEY = "stats_version"
+
+
 def save_stats(stats: NormStats, uri: str, data_fingerprint: str | None = None) -> str:
     """Persist statistics beside a dataset (``<uri>/_stats.json``, with the fingerprint of the
     dataset they describe: by default its current one); returns the file's URI."""
     out = storage.join(uri, STATS_FILE)
     d = stats.to_dict()
     d[FINGERPRINT_KEY] = data_fingerprint or fingerprint(uri)
+    d[STATS_VERSION_KEY] = STATS_VERSION
     storage.write_json(out, d)
     return out
 
@@ -186,6 +193,11 @@ def _saved_stats(uri: str) -> tuple[dict | None, str | None]:
             break
     else:
         return None, None
+    version = d.get(STATS_VERSION_KEY, 1)
+    # version 1 differs from 2 only in the cutout scale: photometry-only statistics stay good
+    if version != STATS_VERSION and not (version == 1 and d.get("cutout_scale") is None):
+        return d, (f"{f}: statistics computed by an earlier method (version {version}, now "
+                   f"{STATS_VERSION}: the cutout scale counts rows without photometry too)")
     current = fingerprint(uri)
     saved = d.get(FINGERPRINT_KEY)
     if saved == current:

@@ -50,6 +50,30 @@ def test_stale_statistics_are_recomputed_not_used(ray_local, tmp_path, caplog):
     assert pipelines.stats_for(uri).to_dict() == stats.to_dict()   # now reused as it is
 
 
+def test_statistics_of_an_earlier_method_are_recomputed(ray_local, tmp_path, caplog):
+    """Statistics with a cutout scale from version 1 (which left rows without photometry
+    out of it) are not reused; photometry-only ones are (nothing in them changed)."""
+    from raygal.sim import simulate
+
+    uri = str(tmp_path / "mock")
+    simulate(40, uri, seed=1, image_size=64, rows_per_shard=40)
+    stats = pipelines.stats_for(uri)
+    f = storage.join(uri, "_stats.json")
+    old = storage.read_json(f)
+    assert old["stats_version"] == pipelines.STATS_VERSION
+    del old["stats_version"]
+    old["cutout_scale"] = [float("nan")] * 3            # what version 1 gave image-only data
+    storage.write_json(f, old)
+    with caplog.at_level(logging.WARNING, logger="raygal.pipelines"):
+        again = pipelines.stats_for(uri)
+    assert "earlier method" in caplog.text
+    assert again.cutout_scale == stats.cutout_scale
+    phot_only = {k: v for k, v in storage.read_json(f).items() if k != "stats_version"}
+    phot_only["cutout_scale"] = None
+    storage.write_json(f, phot_only)
+    assert pipelines.stats_for(uri).cutout_scale is None      # version 1, no cutouts: reused
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. resume trusts content, not names
 # ----------------------------------------------------------------------------------------------
