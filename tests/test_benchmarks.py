@@ -78,3 +78,69 @@ def test_bench_image_gain_quick(ray_local, tmp_path):
         assert math.isfinite(v["log_q"]) and v["rows"] > 0 and v["epochs"] == 1
         assert all(0 <= c <= 1 for c in v["coverage68"].values())
     assert 0 <= r["image (zero)"]["wins_over_phot"] <= 1
+
+
+@pytest.mark.timeout(1200)      # ~9 fresh child processes, 4 of them starting a local Ray
+def test_bench_scale_quick(tmp_path):
+    """The survey-scale run in its quick mode: every (stage, N) runs in its own process and
+    reports a rate and a peak RSS; every catalog has one row per input row."""
+    import json
+
+    import bench_scale
+
+    r = bench_scale.main(["--quick", "--out", str(tmp_path / "scale.json")])
+    runs = r["runs"]
+    assert {(x["stage"], x["n"]) for x in runs} == {
+        ("simulate-phot", 2000), ("simulate-phot", 4000), ("simulate-image", 1000),
+        ("infer-phot", 2000), ("infer-phot", 4000), ("infer-image", 1000)}
+    for x in runs:
+        key = (x["stage"], x["n"])
+        assert _positive(x["rows_per_s"]) and _positive(x["wall_s"]), key
+        assert _positive(x["driver_peak_mib"]), key
+        assert x["rows"] == x["n"], key
+        if x["stage"].startswith("infer"):
+            assert x["complete"] and x["catalog_rows"] == x["input_rows"] == x["n"], key
+            assert _positive(x["worker_peak_mib"]) and _positive(x["ratio"]), key
+            assert "PartWriter" in x["worker_peak_title"] or _positive(x["actor_peak_mib"])
+            assert _positive(x["catalog_bytes_per_row"]), key
+        else:
+            assert _positive(x["input_bytes_per_row"]), key
+    sim = {x["stage"]: x["input_bytes_per_row"] for x in runs if x["stage"].startswith("sim")}
+    assert sim["simulate-image"] > 3 * 64 * 64 * 2 > sim["simulate-phot"]   # cutouts dominate
+    assert all(_positive(v["rows_per_s"]) for v in r["model_only"].values())
+    assert set(r["driver_rss_growth"]) == {"simulate-phot", "infer-phot"}
+    x = r["extrapolation"]
+    for stage, e in x["stages"].items():
+        assert e["core_hours"] == pytest.approx(1e9 / e["rows_per_s_per_core"] / 3600), stage
+        assert e["cluster_hours_cpu"] == pytest.approx(e["core_hours"] / 800), stage
+    assert x["limiting_inference_stage"] in ("infer-phot", "infer-image")
+    assert json.loads((tmp_path / "scale.json").read_text())["runs"][0]["n"] == runs[0]["n"]
+
+
+def test_bench_sdss_images_quick(ray_local):
+    """Image-only metallicity cross-validation on the real SDSS cutouts, in its quick mode (one
+    fold, one epoch): the CFM posterior and the baselines scored on every held-out row."""
+    from conftest import sdss_path
+
+    sdss_path("metallicity_images", "catalog.csv")
+    import bench_sdss_images
+
+    r = bench_sdss_images.main(["--quick"])
+    res = r["metallicity_images"]
+    fold = res["folds"][0]
+    assert res["rows"] == 400 and fold["test_rows"] + fold["train_rows"] == 400
+    assert 40 < fold["test_rows"] < 130                       # a fifth, by the fold hash
+    models = [*r["args"]["models"], *bench_sdss_images.BASELINES]
+    assert "cfm" in models
+    for m in models:
+        s = fold[m]["targets"]["oh12"]
+        assert s["n"] == fold["test_rows"], m                 # every held-out row scored
+        assert math.isfinite(s["rmse"]) and s["rmse"] > 0, m
+        assert res["mean"][m]["oh12"]["rmse"] == pytest.approx(s["rmse"])
+    for m in r["args"]["models"]:
+        s = fold[m]["targets"]["oh12"]
+        assert 0 <= s["coverage68"] <= s["coverage95"] <= 1, m
+        assert _positive(s["width68"]) and fold[m]["epochs_run"] == 1
+    assert fold["mean"]["targets"]["oh12"]["rmse"] == pytest.approx(
+        res["target_sd"], rel=0.5)                            # the mean's RMSE: the spread
+    assert r["reference"]["rmse"] == 0.085 and not r["reference"]["measured"]
