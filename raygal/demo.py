@@ -92,11 +92,12 @@ def run_demo(out: str, n: int = 3000, scale: float = 1.0, image_size: int = 64,
             model_config={"coupling_layers": 6, "hidden": 128}, **common)),
         ("CFM image", "cfm-image", TrainConfig(
             model="cfm", inputs="image+phot", targets=CFM_TARGETS, epochs=ep(20),
-            batch_size=64, lr=1e-3, out=storage.join(runs_dir, "cfm-image"),
-            model_config={"encoder_width": 16, "solver": solver}, **common)),
+            batch_size=64, lr=1e-3, out=storage.join(runs_dir, "cfm-image"), ema_decay=0.995,
+            model_config={"encoder_width": 16, "solver": solver, "aux_weight": 1.0},
+            **common)),
         ("CFM phot", "cfm-phot", TrainConfig(
             model="cfm", inputs="phot", targets=CFM_TARGETS, epochs=ep(25), batch_size=64,
-            lr=1e-3, out=storage.join(runs_dir, "cfm-phot"),
+            lr=1e-3, out=storage.join(runs_dir, "cfm-phot"), ema_decay=0.995,
             model_config={"solver": solver}, **common)),
     ]
     runs = []
