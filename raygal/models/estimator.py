@@ -161,10 +161,9 @@ class RowNoise:
 
     _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-    def __init__(self, objid, device=None):
+    def __init__(self, objid):
         ids = np.asarray(objid.cpu() if isinstance(objid, torch.Tensor) else objid)
         self.ids = ids.astype(np.int64).astype(np.uint64)
-        self.device = device
         self.calls = 0
 
     @staticmethod
@@ -205,11 +204,12 @@ def randn(shape, noise=None, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(shape, generator=noise, device=device, dtype=dtype)
 
 
-def rows_generator(objid, device=None) -> RowNoise:
+def rows_generator(objid) -> RowNoise:
     """The draws of a validation loss for a batch's rows (``RowNoise``): the same for the
     same galaxy at every epoch, so validation losses compare models rather than draws
-    (early stopping, checkpoint choice)."""
-    return RowNoise(objid, device)
+    (early stopping, checkpoint choice). ``rand``/``randn`` put them on the caller's
+    device."""
+    return RowNoise(objid)
 
 
 __all__ = ["Context", "ContextSpec", "ConditionalEstimator", "RowNoise", "rand", "randn",

@@ -51,7 +51,7 @@ from .. import storage
 from ..inputs import (STATUS_OK, STATUS_OUTSIDE_SUPPORT, ModelInputs, NormStats, as_numpy_batch,
                       batch_size)
 from ..schema import get_target, parse_targets
-from .estimator import ConditionalEstimator, Context, ContextSpec, rows_generator
+from .estimator import ConditionalEstimator, Context, ContextSpec, RowNoise, rows_generator
 from .registry import model_class
 
 MODEL_FORMAT = "raygal-model"
@@ -322,12 +322,13 @@ class SavedModel(nn.Module):
         """The training loss of a batch of rows (prepared here, on this process)."""
         return self(self.model_inputs.prepare(as_numpy_batch(batch)))
 
-    def validation_generator(self, prepared: dict) -> torch.Generator | None:
-        """None while training; in eval mode a generator seeded by the rows' ids, so that
-        validation losses compare models rather than noise draws."""
+    def validation_generator(self, prepared: dict) -> RowNoise | None:
+        """None while training; in eval mode noise draws that belong to the rows
+        (``RowNoise``, from their ids), so that validation losses compare models rather than
+        noise draws."""
         if self.training:
             return None
-        return rows_generator(prepared["objid"], self.device)
+        return rows_generator(prepared["objid"])
 
     def describe(self) -> dict:
         return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": self.kind,

@@ -58,8 +58,8 @@ class WeightAverage:
 
     Updated after every optimiser step; validation, early stopping and the exported best
     model use the averaged weights, training continues on the raw ones. The average smooths
-    the step-to-step jitter of stochastic losses (flow matching's random t and noise), which
-    otherwise shows up as epoch-to-epoch swings of the validation loss. The decay warms up as
+    the step-to-step jitter of training with stochastic losses (flow matching's random t and
+    noise) out of the weights that are validated and kept. The decay warms up as
     min(decay, (1 + n) / (10 + n)) after n updates, so early epochs are not dominated by the
     initial weights. DDP keeps every rank's weights identical, so every rank's average is too.
 
@@ -105,18 +105,16 @@ class WeightAverage:
         return {k: (self.shadow[k] if k in self.shadow else v).detach().cpu().clone()
                 for k, v in module.state_dict().items()}
 
+    @contextlib.contextmanager
     def applied(self, module: torch.nn.Module):
         """A context in which ``module`` holds the averaged weights (raw ones restored after)."""
-        @contextlib.contextmanager
-        def swap():
-            raw = {k: v.detach().clone() for k, v in module.state_dict().items()
-                   if k in self.shadow}
-            module.load_state_dict(self.shadow, strict=False)
-            try:
-                yield module
-            finally:
-                module.load_state_dict(raw, strict=False)
-        return swap()
+        raw = {k: v.detach().clone() for k, v in module.state_dict().items()
+               if k in self.shadow}
+        module.load_state_dict(self.shadow, strict=False)
+        try:
+            yield module
+        finally:
+            module.load_state_dict(raw, strict=False)
 
 
 def make_weight_average(cfg: dict, module: torch.nn.Module) -> WeightAverage | None:
