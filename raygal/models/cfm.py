@@ -374,15 +374,19 @@ class FlowMatchingEstimator(ConditionalEstimator):
         return self._odeint(lambda t, z: field(t, z, bias), z0, 0.0, 1.0)
 
     def sample(self, ctx, n, generator=None):
+        return self.draw(ctx, n, generator, extras=False)[0]
+
+    def draw(self, ctx, n, generator=None, extras=True):
         self.last_nfe = 0
-        f = self.features(ctx)
+        f = self.features(ctx)                                      # the encoder runs once
         core = self._sample_field(self.velocity, f[:, None], n, generator)  # [B, n, n_core]
         if not self.metallicity:
-            return core
+            return core, {}
         # The chain rule: oh12 | core, x with the core values just drawn, per trajectory.
         oh12 = self._sample_field(self.oh12_velocity, self._oh12_context(f, core), n,
                                   generator)
-        return torch.cat([core, oh12], dim=-1)
+        more = {DETECT_COLUMN: self._detect(f)} if extras else {}
+        return torch.cat([core, oh12], dim=-1), more
 
     # -- densities ----------------------------------------------------------------------------
     def log_prob(self, theta, ctx):
@@ -433,7 +437,10 @@ class FlowMatchingEstimator(ConditionalEstimator):
         """[B] probability that the metallicity is measurable (the classifier)."""
         if not self.metallicity:
             raise ValueError("this model has no metallicity branch")
-        return torch.sigmoid(self.detect(self.features(ctx))).squeeze(-1)
+        return self._detect(self.features(ctx))
+
+    def _detect(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.detect(f)).squeeze(-1)
 
     def extras(self, ctx: Context) -> dict[str, torch.Tensor]:
         return {DETECT_COLUMN: self.detect_prob(ctx)} if self.metallicity else {}

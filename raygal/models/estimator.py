@@ -123,6 +123,13 @@ class ConditionalEstimator(nn.Module, abc.ABC):
         ``extra_columns``."""
         return {}
 
+    def draw(self, ctx: Context, n: int, generator: torch.Generator | None = None,
+             extras: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(``sample(ctx, n)`` [B, n, D], ``extras(ctx)`` or {}) in one call. An estimator
+        whose samples and extras start from the same encoding of the context overrides this
+        to encode once (the image encoder is most of an image model's sampling cost)."""
+        return self.sample(ctx, n, generator), (self.extras(ctx) if extras else {})
+
     @property
     def extra_columns(self) -> tuple[str, ...]:
         return ()

@@ -244,7 +244,10 @@ class FlowEstimator(ConditionalEstimator):
 
     def sample(self, ctx: Context, n: int, generator: torch.Generator | None = None
                ) -> torch.Tensor:
-        h = self.represent(ctx)
+        return self.draw(ctx, n, generator, extras=False)[0]
+
+    def draw(self, ctx, n, generator=None, extras=True):
+        h = self.represent(ctx)                                     # the encoder runs once
         B, R = h.shape
         mc, mo, ml = self._heads(h)
         parts, core = [], None
@@ -259,13 +262,17 @@ class FlowEstimator(ConditionalEstimator):
             parts.append(r + mo[:, None])
         if self.line_targets:
             parts.append(self.line_flow.sample(h, n, generator) + ml[:, None])
-        return torch.cat(parts, dim=-1)
+        more = {DETECT_COLUMN: self._detect(h)} if extras and self.metallicity else {}
+        return torch.cat(parts, dim=-1), more
 
     def detect_prob(self, ctx: Context) -> torch.Tensor:
         """[B] probability that the metallicity is measurable (the BCE head)."""
         if not self.metallicity:
             raise ValueError("this model has no metallicity branch")
-        return torch.sigmoid(self.detect(self.represent(ctx))).squeeze(-1)
+        return self._detect(self.represent(ctx))
+
+    def _detect(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.detect(h)).squeeze(-1)
 
     def extras(self, ctx: Context) -> dict[str, torch.Tensor]:
         return {DETECT_COLUMN: self.detect_prob(ctx)} if self.metallicity else {}

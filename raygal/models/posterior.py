@@ -524,15 +524,15 @@ class NeuralPosterior(SavedModel, Posterior):
                 gen.manual_seed(int(seed))
             ctx = self.context(b, rows)
             step = max(1, self.estimator.max_trajectories // n)
-            z = torch.cat([self.estimator.sample(ctx.index(slice(i, i + step)), n, gen)
-                           for i in range(0, len(rows), step)])
+            chunks = [self.estimator.draw(ctx.index(slice(i, i + step)), n, gen, extras)
+                      for i in range(0, len(rows), step)]
+            z = torch.cat([c[0] for c in chunks])
             out[torch.as_tensor(rows, device=self.device)] = self.space.to_model(
                 z.to(out.dtype), "standardised")[0]
-            if extras:
-                for k, v in self.estimator.extras(ctx).items():
-                    col = np.full(len(status), np.nan)
-                    col[rows] = v.detach().cpu().numpy()
-                    cols[k] = col
+            for k in chunks[0][1]:
+                col = np.full(len(status), np.nan)
+                col[rows] = torch.cat([c[1][k] for c in chunks]).detach().cpu().numpy()
+                cols[k] = col
         return Draw(out, status, cols)
 
     def _log_prob_model(self, y: torch.Tensor, b: dict) -> torch.Tensor:
