@@ -16,6 +16,11 @@ The model-only rate of each model (``Posterior.summarize`` in one process, torch
 on ``--model-only-rows`` rows, in batches of ``--batch-size`` as the actors use) gives the share
 of the model's speed the pipeline keeps: (steady rate / CPUs of the pool) / model-only rate.
 
+Then training on data larger than the object store: a small image+photometry CFM trained for
+``--train-epochs`` epochs on the largest image survey (on the S3 server) by a local Ray whose
+object store is ``--train-object-store-mib`` (default 128 MiB, under the data's size): the
+cutouts stream from S3 every epoch; samples/s per epoch, MiB spilled and peak RSS.
+
 Every (stage, N) runs in a fresh child process (this file with ``--child``), so its peak RSS
 is its own: the driver's is ``getrusage(RUSAGE_SELF).ru_maxrss``; the workers' is the largest
 VmHWM (kernel high-water mark) of the ``ray::`` processes descending from that child (its own
@@ -312,7 +317,58 @@ def child_infer(spec: dict) -> dict:
                                      if workers["actor_cpu_s"] else None), **workers}
 
 
-CHILDREN = {"simulate": child_simulate, "models": child_models, "infer": child_infer}
+def _spilled_mib() -> float | None:
+    """MiB the local Ray spilled from its object store to disk so far (its memory summary)."""
+    import re
+
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    m = re.search(r"Spilled (\d+) MiB", text)
+    return float(m.group(1)) if m else 0.0
+
+
+def child_train(spec: dict) -> dict:
+    """Train a small image+photometry CFM on a dataset larger than this Ray's object store
+    (``object_store_mib``): Ray Data streams the cutouts from S3 every epoch instead of
+    keeping them (raygal.train.driver keeps only what fits in 30 % of the store)."""
+    import ray
+
+    from raygal.runtime import init_ray
+    from raygal.shards import read_manifest, shard_uris
+    from raygal.train import TrainConfig
+    from raygal.train.driver import fit
+
+    init_ray("local", num_cpus=spec["ray_cpus"],
+             object_store_memory=spec["object_store_mib"] * MIB)
+    store_mib = ray.cluster_resources()["object_store_memory"] / MIB
+    data_mib = _bytes_of(shard_uris(spec["data"])) / MIB
+    peaks = WorkerPeaks()
+    peaks.start()
+    try:
+        t0 = time.perf_counter()
+        s = fit(TrainConfig(model="cfm", data=spec["data"], out=spec["out"],
+                            inputs="image+phot", epochs=spec["epochs"], workers=1,
+                            batch_size=64, lr=1e-3,
+                            model_config={"hidden": 64, "encoder_width": 8,
+                                          "image_features": 32, "solver": "midpoint-5"}))
+        wall = time.perf_counter() - t0
+        spilled = _spilled_mib()
+    finally:
+        driver_peak = self_peak_mib()
+        workers = peaks.stop()
+        ray.shutdown()
+    h = s["history"]
+    return {"rows": int(read_manifest(spec["data"])["num_rows"]), "data_mib": data_mib,
+            "object_store_mib": store_mib, "epochs": len(h), "train_rows": h[-1]["train_rows"],
+            "samples_per_s": [e["samples_per_s"] for e in h],
+            "val_loss": [e["val_loss"] for e in h], "wall_s": wall, "spilled_mib": spilled,
+            "driver_peak_mib": driver_peak, **workers}
+
+
+CHILDREN = {"simulate": child_simulate, "models": child_models, "infer": child_infer,
+            "train": child_train}
 
 
 def child_main(kind: str, spec_json: str) -> None:
@@ -496,6 +552,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows-per-shard", type=int, default=4096)
     ap.add_argument("--image-rows-per-shard", type=int, default=1024)
     ap.add_argument("--model-only-rows", type=int, default=1000)
+    ap.add_argument("--train-epochs", type=int, default=2,
+                    help="epochs of the streaming-training stage (0: skip it); it trains on "
+                         "the largest image survey")
+    ap.add_argument("--train-object-store-mib", type=int, default=128,
+                    help="object store of that stage's Ray (smaller than the data)")
     ap.add_argument("--survey", type=float, default=1e9, help="galaxies to extrapolate to")
     ap.add_argument("--gpu-speedup", type=float, default=20.0,
                     help="ASSUMED work of one GPU in cores, for GPU-hours (not measured)")
@@ -515,6 +576,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.sizes, args.image_sizes = [2000, 4000], [1000]
         args.samples, args.image_samples, args.model_only_rows = 8, 4, 200
+        args.train_epochs, args.train_object_store_mib = 1, 80
         args.rows_per_shard, args.image_rows_per_shard = 1000, 500
     args.sizes, args.image_sizes = sorted(set(args.sizes)), sorted(set(args.image_sizes))
     ray_cpus = args.ray_cpus or max(1, int(round(args.actors * args.cpus_per_actor)))
@@ -603,6 +665,14 @@ def main(argv=None) -> dict:
                     r["ratio_cpu"] = (r["rows_per_actor_cpu_s"]
                                       / res["model_only"][kind]["rows_per_cpu_s"])
                 res["runs"].append({"stage": f"infer-{kind}", "n": n, "cpus": pool_cpus, **r})
+        if args.image_sizes and args.train_epochs:
+            n = args.image_sizes[-1]
+            log(f"train a small image CFM for {args.train_epochs} epoch(s) on the {n} galaxies "
+                f"with cutouts, with a {args.train_object_store_mib} MiB object store")
+            res["train_streaming"] = run_child("train", {
+                "data": image_data[n], "out": os.path.join(work, "train-image"),
+                "epochs": args.train_epochs, "ray_cpus": ray_cpus,
+                "object_store_mib": args.train_object_store_mib})
     finally:
         if moto is not None:
             moto.terminate()
@@ -633,6 +703,16 @@ def main(argv=None) -> dict:
           f"samples ({args.solver}), pool of {args.actors} actor(s) x {args.cpus_per_actor:g} "
           f"CPU, batch {args.batch_size}")
     print_table(res)
+    if res.get("train_streaming"):
+        t = res["train_streaming"]
+        print(f"\ntraining on data larger than the object store: {t['rows']} galaxies with "
+              f"cutouts, {t['data_mib']:.0f} MiB on S3, object store {t['object_store_mib']:.0f} "
+              f"MiB ({t['data_mib'] / t['object_store_mib']:.1f}x): {t['epochs']} epoch(s) "
+              f"on {t['train_rows']} rows at "
+              f"{', '.join(f'{r:.0f}' for r in t['samples_per_s'])} samples/s, spilled "
+              f"{t['spilled_mib']:.0f} MiB, driver peak {t['driver_peak_mib']:.0f} MiB, "
+              f"largest worker {_fmt(t.get('worker_peak_mib'))} MiB "
+              f"({t.get('worker_peak_title')})")
     print_extrapolation(res["extrapolation"])
     if args.out:
         with open(args.out, "w") as f:

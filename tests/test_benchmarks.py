@@ -114,6 +114,10 @@ def test_bench_scale_quick(tmp_path):
         assert e["core_hours"] == pytest.approx(1e9 / e["rows_per_s_per_core"] / 3600), stage
         assert e["cluster_hours_cpu"] == pytest.approx(e["core_hours"] / 800), stage
     assert x["limiting_inference_stage"] in ("infer-phot", "infer-image")
+    # The streaming-training stage (its data outgrow the store only in the full run).
+    t = r["train_streaming"]
+    assert t["epochs"] == 1 and t["rows"] == 1000 and 0 < t["train_rows"] < 1000
+    assert _positive(t["samples_per_s"][0]) and t["object_store_mib"] < 100
     assert json.loads((tmp_path / "scale.json").read_text())["runs"][0]["n"] == runs[0]["n"]
 
 
@@ -144,3 +148,33 @@ def test_bench_sdss_images_quick(ray_local):
     assert fold["mean"]["targets"]["oh12"]["rmse"] == pytest.approx(
         res["target_sd"], rel=0.5)                            # the mean's RMSE: the spread
     assert r["reference"]["rmse"] == 0.085 and not r["reference"]["measured"]
+
+
+@pytest.mark.timeout(600)       # 3 fresh child processes, each starting a Ray (2 of them Clusters)
+def test_bench_nodes_quick(tmp_path):
+    """One node against two on this machine, in quick mode: each configuration runs infer in
+    its own child process on its own Cluster and writes every input row exactly once; on two
+    nodes the rows are written on both."""
+    import json
+
+    import bench_nodes
+
+    r = bench_nodes.main(["--quick", "--out", str(tmp_path / "n.json")])
+    one, two = r["configurations"]["one-node"], r["configurations"]["two-node"]
+    n = r["prepare"]["rows"]
+    assert n == 1000 and r["prepare"]["shards"] > 1
+    for key, c in r["configurations"].items():
+        assert c["complete"], key
+        assert c["input_rows"] == c["output_rows"] == c["unique_objids"] == n, key
+        assert sum(c["rows_per_node"].values()) == n, key
+        assert _positive(c["steady_posteriors_per_s"]) and _positive(c["posteriors_per_s"]), key
+        assert _positive(c["wall_s"]) and _positive(c["cluster_start_s"]), key
+    assert one["nodes"] == 1 and set(one["rows_per_node"]) == {"head"}
+    assert two["nodes"] == 2 and len(two["rows_per_node"]) == 2          # written on both
+    assert all(v > 0 for v in two["rows_per_node"].values())
+    assert two["cpus_per_node"] == {"head": 1.0, "node2": 1.0} and one["cpus_per_node"] == {
+        "head": 2.0}
+    assert r["ratio"]["posteriors_per_s"] == pytest.approx(
+        two["posteriors_per_s"] / one["posteriors_per_s"])
+    saved = json.loads((tmp_path / "n.json").read_text())
+    assert saved["configurations"]["two-node"]["rows_per_node"] == two["rows_per_node"]
