@@ -17,7 +17,7 @@ on ``--model-only-rows`` rows, in batches of ``--batch-size`` as the actors use)
 of the model's speed the pipeline keeps: (steady rate / CPUs of the pool) / model-only rate.
 
 Then training on data larger than the object store: a small image+photometry CFM trained for
-``--train-epochs`` epochs on the largest image survey (on the S3 server) by a local Ray whose
+``--train-epochs`` epochs on the smallest image survey (on the S3 server) by a local Ray whose
 object store is ``--train-object-store-mib`` (default 128 MiB, under the data's size): the
 cutouts stream from S3 every epoch; samples/s per epoch, MiB spilled and peak RSS.
 
@@ -554,7 +554,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model-only-rows", type=int, default=1000)
     ap.add_argument("--train-epochs", type=int, default=2,
                     help="epochs of the streaming-training stage (0: skip it); it trains on "
-                         "the largest image survey")
+                         "the smallest image survey")
     ap.add_argument("--train-object-store-mib", type=int, default=128,
                     help="object store of that stage's Ray (smaller than the data)")
     ap.add_argument("--survey", type=float, default=1e9, help="galaxies to extrapolate to")
@@ -666,7 +666,7 @@ def main(argv=None) -> dict:
                                       / res["model_only"][kind]["rows_per_cpu_s"])
                 res["runs"].append({"stage": f"infer-{kind}", "n": n, "cpus": pool_cpus, **r})
         if args.image_sizes and args.train_epochs:
-            n = args.image_sizes[-1]
+            n = args.image_sizes[0]
             log(f"train a small image CFM for {args.train_epochs} epoch(s) on the {n} galaxies "
                 f"with cutouts, with a {args.train_object_store_mib} MiB object store")
             res["train_streaming"] = run_child("train", {
