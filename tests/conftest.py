@@ -31,6 +31,20 @@ def sdss_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module's in-process training (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): the test networks are small, a second
+    OpenMP thread buys little, and on a shared 2-core machine threads waiting on each other
+    made training steps 10-20x slower."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
 def ray_local(s3_server):
     """A real local Ray sized for this 2-core machine, started once per test module. It starts
     after the local S3 server so that its worker processes inherit the server's endpoint and

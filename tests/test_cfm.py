@@ -26,6 +26,8 @@ from raygal.models.encoders import ConvEncoder
 from raygal.schema import CFM_TARGETS, MAG_COLUMNS
 from raygal.toy import linear_gaussian
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"hidden": 32, "layers": 3, "image_features": 16, "encoder_width": 4}
 
@@ -71,16 +73,6 @@ def train(post, data: dict, steps: int, batch_size: int, lr: float, seed: int = 
         opt.step()
         sched.step()
     return post.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are small: a second OpenMP thread buys little, and on a shared 2-core
-    machine threads that wait on each other made training steps 10-20x slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 # ----------------------------------------------------------------------------------------------

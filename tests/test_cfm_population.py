@@ -19,6 +19,8 @@ from raygal.models import load_posterior
 from raygal.models.cfm import FlowMatchingPosterior
 from raygal.schema import CFM_TARGETS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 CORE = ("log_mstar", "log_sfr", "dn4000", "av")
 
@@ -32,15 +34,6 @@ def _bench():
 
 
 bench = _bench()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small networks: one intra-op thread is faster than two on a shared machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

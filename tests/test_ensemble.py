@@ -14,18 +14,12 @@ from raygal.models.ensemble import EnsemblePosterior, split_counts
 from raygal.models.nf import DETECT_COLUMN, FlowPosterior
 from raygal.schema import MAG_COLUMNS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TARGETS = ("log_mstar", "log_sfr", "oh12")
 NF_SMALL = {"coupling_layers": 2, "hidden": 32, "representation": 32, "rep_layers": 1,
             "head_layers": 1, "flow_blocks": 1}
 GAUSS_SMALL = {"hidden": 32, "layers": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_batch(n: int, seed: int = 0) -> dict:

@@ -19,19 +19,12 @@ import torch
 from raygal.inputs import StatsAccumulator, as_numpy_batch
 from raygal.models.cfm import FlowMatchingPosterior
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 TARGETS = ("log_mstar", "av")
 CONFIG = {"hidden": 64, "layers": 3, "image_features": 16, "encoder_width": 8,
           "solver": "rk4-10"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from raygal.models.vae import VAE
 from raygal.schema import MAG_COLUMNS, NF_CORE_TARGETS, NF_LINE_TARGETS, TARGET_NAMES
 from raygal.toy import linear_gaussian
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CORE = NF_CORE_TARGETS
 TARGET_SETS = {
     "z": ("z",),
@@ -71,16 +73,6 @@ def perturb_(module: torch.nn.Module, scale: float = 0.1, seed: int = 0):
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small networks: one intra-op thread is faster than two, and far faster when the cores
-    are shared with other processes (oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

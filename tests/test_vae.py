@@ -9,15 +9,9 @@ from raygal.inputs import NormStats
 from raygal.models import load_posterior, read_model_description
 from raygal.models.vae import VAE, VAE_DEFAULTS, kl_per_dim_nats, load_vae, save_vae, vae_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = {"channels": [8, 16, 16], "fc_hidden": 64}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def blobs(n: int, size: int, seed: int = 0) -> torch.Tensor:
