@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BENCHMARKS = ("bench_sim", "bench_stream", "bench_models_nf", "bench_models_cfm",
-              "bench_train", "bench_infer", "bench_scale")
+              "bench_train", "bench_infer", "bench_scale", "bench_nodes")
 
 
 def main(argv=None) -> dict:
