@@ -53,6 +53,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_stream import start_moto  # noqa: E402
+from procfs import process_table, with_descendants  # noqa: E402
 
 MARK = "BENCH_SCALE_RESULT "
 MIB = 1024 * 1024
@@ -84,25 +85,8 @@ def self_cpu_s() -> float:
 
 def _descendants(root: int) -> dict[int, int]:
     """{pid: CPU clock ticks used (utime + stime)} of every process descending from ``root``."""
-    children: dict[int, list[int]] = {}
-    ticks: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ppid, cpu = int(fields[1]), int(fields[11]) + int(fields[12])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-        ticks[int(d)] = cpu
-    out, todo = {}, [root]
-    while todo:
-        for c in children.get(todo.pop(), ()):
-            out[c] = ticks[c]
-            todo.append(c)
-    return out
+    procs = process_table()
+    return {pid: procs[pid].cpu_ticks for pid in with_descendants({root}, procs) - {root}}
 
 
 def _status_kib(pid: int) -> dict[str, int]:

@@ -19,6 +19,7 @@ validation). Figures are means over folds; the spread over folds is printed besi
 
     python benchmarks/bench_sdss_cv.py                          # both samples, NF and CFM
     python benchmarks/bench_sdss_cv.py --sample photoz --size paper   # the papers' settings
+    python benchmarks/bench_sdss_cv.py --sample photoz --models nf --ensemble 5  # 5-seed ensembles
     python benchmarks/bench_sdss_cv.py --quick                  # one fold, tiny (the tests)
 """
 from __future__ import annotations
@@ -113,16 +114,27 @@ def run_model(model, sample, spec, train_uri, test, fold, args, tmp) -> dict:
     # default (raygal.train.sizing for --size auto).
     given = {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "lr",
                                            "weight_decay") if getattr(args, k) is not None}
-    cfg = TrainConfig(model=model, data=train_uri,
-                      out=os.path.join(tmp, f"{sample}-{model}-{fold}"), inputs=spec["inputs"],
-                      targets=spec["targets"], workers=1, split=(0.85, 0.15, 0.0),
-                      size=args.size, **given)
     t0 = time.perf_counter()
-    summary = fit(cfg)
+    members, epochs = [], []
+    for m in range(args.ensemble):
+        # Members differ by seed only (initialisation, batch order, noise), on the same rows.
+        cfg = TrainConfig(model=model, data=train_uri,
+                          out=os.path.join(tmp, f"{sample}-{model}-{fold}-{m}"),
+                          inputs=spec["inputs"], targets=spec["targets"], workers=1,
+                          split=(0.85, 0.15, 0.0), size=args.size, seed=m, **given)
+        summary = fit(cfg)
+        members.append(load_posterior(summary["model_uri"]))
+        epochs.append(summary["epochs_run"])
     train_s = time.perf_counter() - t0
-    post = load_posterior(summary["model_uri"])
+    if len(members) > 1:
+        from raygal.models.ensemble import EnsemblePosterior
+
+        post = EnsemblePosterior(members)
+    else:
+        post = members[0]
     cs = draw(post, test, args.draws, seed=fold, label=f"{model} fold {fold}")
-    out = {"train_s": train_s, "epochs_run": summary["epochs_run"], "targets": {}}
+    out = {"train_s": train_s, "epochs_run": epochs if len(epochs) > 1 else epochs[0],
+           "targets": {}}
     for d, t in enumerate(post.targets):
         med = np.asarray(get_target(t).inverse(np.median(cs.samples[:, :, d], axis=1)))
         truth = np.asarray(get_target(t).inverse(cs.truth[:, d]))
@@ -236,6 +248,8 @@ def main(argv=None) -> dict:
                    help="the models' inputs (default: phot for photoz, phot+z for lines), "
                         "e.g. phot+err")
     p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="members per model (seeds 0..K-1), scored as one EnsemblePosterior")
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true")

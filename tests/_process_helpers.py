@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
-
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process visible in /proc."""
-    procs = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        procs[int(d.name)] = (ppid, cmd)
-    return procs
-
-
-def with_descendants(roots: set[int], procs: dict | None = None) -> set[int]:
-    """``roots`` and every process below them."""
-    procs = process_table() if procs is None else procs
-    mine = set(roots)
-    while True:
-        more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine
-        if not more:
-            return mine
-        mine |= more
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from procfs import process_table, with_descendants  # noqa: E402,F401  (re-exported)
 
 
 def end_processes(pids: set[int], wait_s: float = 15.0) -> None:

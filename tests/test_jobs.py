@@ -88,9 +88,9 @@ def _stop_head(temp_dir) -> None:
     """End this head's processes only: those started with its temp dir on their command line
     (GCS, raylet, dashboard, agents) and everything they started (workers, dashboard
     modules). `ray stop` would end every Ray on the machine, other users' jobs included."""
-    procs = process_table()
-    end_processes(with_descendants({pid for pid, (_, cmd) in procs.items()
-                                    if str(temp_dir) in cmd}, procs))
+    procs = process_table(cmdline=True)
+    end_processes(with_descendants({pid for pid, p in procs.items()
+                                    if str(temp_dir) in p.cmd}, procs))
 
 
 def test_job_server_requires_the_token(head):
