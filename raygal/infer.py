@@ -63,6 +63,8 @@ log = logging.getLogger("raygal.infer")
 #: Parquet schema metadata key of a part's provenance (block, input shard hash, settings).
 PART_META_KEY = b"raygal.part"
 DEFAULT_BLOCK_ROWS = 512
+#: Characters of the catalog's ``status`` column for astropy (every status name is shorter).
+STATUS_WIDTH = 32
 #: Dataset columns the catalog carries through beside the posterior summary.
 CARRIED_COLUMNS = (ID_COLUMN, "ra", "dec")
 #: Dataset columns a model never reads (left out of the blocks it is given).
@@ -335,7 +337,10 @@ def _part_table(cols: dict[str, np.ndarray], meta: dict) -> pa.Table:
     table = pa.table(arrays)
     # Units and descriptions in the field metadata, for every Parquet reader.
     table = table.cast(annotate_schema(table.schema, catalog_targets(table.column_names)))
-    return table.replace_schema_metadata({PART_META_KEY: json.dumps(meta).encode()})
+    # astropy's Parquet reader sizes a string column from ``table::len::<name>`` (else it
+    # warns and uses the longest string of each part, so parts would read as different dtypes).
+    return table.replace_schema_metadata({PART_META_KEY: json.dumps(meta).encode(),
+                                          b"table::len::status": str(STATUS_WIDTH).encode()})
 
 
 class _Progress:

@@ -208,18 +208,26 @@ def _saved_stats(uri: str) -> tuple[dict | None, str | None]:
                f"{saved or 'unknown'}, the dataset is now {current})")
 
 
-def stats_for(uri: str, recompute: bool = False, ds=None) -> NormStats:
+def stats_for(uri: str, recompute: bool = False, ds=None, label: str | None = None
+              ) -> NormStats:
     """Statistics of the dataset at ``uri``, computed once and then read from disk.
 
     Saved statistics are used only if they were computed from the dataset's current content
     (same fingerprint); stale ones (the folder was re-ingested or re-simulated since) are
-    recomputed, and the log says so."""
+    recomputed, and the log says so. With ``label`` (e.g. ``"[nf]"``) a line on stdout says
+    which of the two happens, before a pass over the data starts."""
     if not recompute:
         d, why = _saved_stats(uri)
         if d is not None and why is None:
+            if label:
+                print(f"{label} normalisation statistics of {uri}: the saved ones (same "
+                      f"content)", flush=True)
             return NormStats.from_dict(d)
         if why:
             log.warning("%s; recomputing", why)
+    if label:
+        print(f"{label} normalisation statistics of {uri}: one streaming pass over the data "
+              f"(saved beside it, reused while the data are unchanged)...", flush=True)
     fp = fingerprint(uri)
     stats = compute_stats(ds if ds is not None else read_dataset(uri))
     save_stats(stats, uri, data_fingerprint=fp)

@@ -79,6 +79,9 @@ def test_gaussian_two_workers_improves_loads_and_a_rerun_resumes(ray_local, mock
     assert all(e["workers"] == 2 and len(e["nodes"]) == 1 for e in h)
     printed = capsys.readouterr().out                # the resumed run shows only its epoch
     assert "[gaussian] epoch 4/4" in printed and "epoch 3/4" not in printed
+    # the statistics are read back, and the line says so (no pass over the data announced)
+    assert "[gaussian] normalisation statistics of" in printed and "the saved ones" in printed
+    assert "one streaming pass" not in printed
 
 
 def test_cfm_two_workers_checkpoints_to_s3(ray_local, mock, s3_bucket, capsys):

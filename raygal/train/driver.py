@@ -194,9 +194,7 @@ def make_trainer(cfg: TrainConfig, run_name: str = RUN_NAME, stats: NormStats | 
         data_uri = ensure_features(cfg.vae, cfg.data)
     schema = read_schema(data_uri)
     if stats is None:
-        print(f"[{cfg.model}] normalisation statistics of {cfg.data} (computed on first use, "
-              f"then reused while the data are unchanged)...", flush=True)
-        stats = stats_for(cfg.data)
+        stats = stats_for(cfg.data, label=f"[{cfg.model}]")
     image_shape = cutout_shape_of(schema)
     if uses_image:
         # What the cutouts are (unit, bands, pixel scale) goes into the model, so that
