@@ -103,10 +103,7 @@ def score(pred: np.ndarray, truth: np.ndarray, target: str) -> dict:
 
 
 def run_model(model, sample, spec, train_uri, test, fold, args, tmp) -> dict:
-    from raygal.evaluate.calibration import draw
-    from raygal.evaluate.metrics import interval_coverage
     from raygal.models import load_posterior
-    from raygal.schema import get_target
     from raygal.train import TrainConfig
     from raygal.train.driver import fit
 
@@ -132,16 +129,29 @@ def run_model(model, sample, spec, train_uri, test, fold, args, tmp) -> dict:
         post = EnsemblePosterior(members)
     else:
         post = members[0]
-    cs = draw(post, test, args.draws, seed=fold, label=f"{model} fold {fold}")
     out = {"train_s": train_s, "epochs_run": epochs if len(epochs) > 1 else epochs[0],
-           "targets": {}}
+           "targets": score_posterior(post, test, args.draws, fold, f"{model} fold {fold}")}
+    if len(members) > 1:     # the first member alone (the single model of the same seed)
+        out["first_member"] = score_posterior(members[0], test, args.draws, fold,
+                                              f"{model} fold {fold}, member 0")
+    return out
+
+
+def score_posterior(post, test, draws: int, seed: int, label: str) -> dict:
+    """{target: score of the posterior median and interval coverage} on ``test``."""
+    from raygal.evaluate.calibration import draw
+    from raygal.evaluate.metrics import interval_coverage
+    from raygal.schema import get_target
+
+    cs = draw(post, test, draws, seed=seed, label=label)
+    out = {}
     for d, t in enumerate(post.targets):
         med = np.asarray(get_target(t).inverse(np.median(cs.samples[:, :, d], axis=1)))
         truth = np.asarray(get_target(t).inverse(cs.truth[:, d]))
         r = score(med, truth, t)
         known = np.isfinite(cs.truth[:, d])
         r.update(interval_coverage(cs.samples[known, :, d], cs.truth[known, d]))
-        out["targets"][t] = r
+        out[t] = r
     return out
 
 
