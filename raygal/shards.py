@@ -329,9 +329,7 @@ def _array_encoding(table: pa.Table) -> dict:
     repeat; the dictionary is tried and abandoned) and byte-stream split, which groups the
     floats' bytes so they compress. Measured on 64x64x3 float32 cutouts with zstd: 18 % smaller
     and twice as fast to read as the defaults. Other columns keep the defaults."""
-    arrays = [f.name for f in table.schema
-              if isinstance(f.type, pa.BaseExtensionType)
-              or pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type)]
+    arrays = [f.name for f in table.schema if _is_array(f.type)]
     if not arrays:
         return {}
     return {"use_dictionary": [n for n in table.column_names if n not in arrays],
@@ -339,9 +337,17 @@ def _array_encoding(table: pa.Table) -> dict:
                                       if _float_values(table.schema.field(n).type)]}
 
 
-def _float_values(t: pa.DataType) -> bool:
+def _is_array(t: pa.DataType) -> bool:
+    """A list or fixed-size list column, or a tensor extension stored as one."""
     t = t.storage_type if isinstance(t, pa.BaseExtensionType) else t
-    return pa.types.is_floating(t.value_type)
+    return pa.types.is_fixed_size_list(t) or pa.types.is_list(t)
+
+
+def _float_values(t: pa.DataType) -> bool:
+    """True for a list (or tensor) type of floats."""
+    t = t.storage_type if isinstance(t, pa.BaseExtensionType) else t
+    value = getattr(t, "value_type", None)
+    return value is not None and pa.types.is_floating(value)
 
 
 def content_fingerprint(shards: list[dict]) -> str:
