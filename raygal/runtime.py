@@ -103,6 +103,50 @@ def node_types_from_autoscaler_config(config: dict) -> tuple:
     return tuple(out)
 
 
+def _quantity(v) -> float:
+    """A Kubernetes CPU or count quantity ("4", "500m", 2) as a number."""
+    v = str(v).strip()
+    return float(v[:-1]) / 1000 if v.endswith("m") else float(v)
+
+
+def _group_resources(group: dict) -> dict:
+    """Ray's resources of a KubeRay head or worker group: ``rayStartParams`` num-cpus /
+    num-gpus where given, else the Ray container's limits (KubeRay's own rule; the Ray container
+    is the first)."""
+    params = group.get("rayStartParams") or {}
+    containers = (((group.get("template") or {}).get("spec") or {}).get("containers") or [{}])
+    limits = (containers[0].get("resources") or {}).get("limits") or {}
+    res = {}
+    cpu = params.get("num-cpus", limits.get("cpu"))
+    gpu = params.get("num-gpus", limits.get("nvidia.com/gpu"))
+    if cpu is not None:
+        res["CPU"] = _quantity(cpu)
+    if gpu is not None and _quantity(gpu) > 0:
+        res["GPU"] = _quantity(gpu)
+    return res
+
+
+def node_types_from_kuberay(manifest: dict) -> tuple:
+    """The node types of a KubeRay ``RayCluster`` (or a ``RayJob``'s ``rayClusterSpec``): the
+    head group once, each worker group up to its ``maxReplicas`` (absent: no limit, -1).
+
+    >>> rc = {"kind": "RayCluster", "spec": {
+    ...     "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}},
+    ...     "workerGroupSpecs": [{"groupName": "gpu", "maxReplicas": 8, "template": {"spec": {
+    ...         "containers": [{"resources": {"limits": {"cpu": "6", "nvidia.com/gpu": 1}}}]}}}]}}
+    >>> node_types_from_kuberay(rc)[1]
+    NodeType(name='gpu', resources={'CPU': 6.0, 'GPU': 1.0}, max_count=8)
+    """
+    spec = manifest.get("spec") or {}
+    if manifest.get("kind") == "RayJob":
+        spec = spec.get("rayClusterSpec") or {}
+    out = [NodeType("head", _group_resources(spec.get("headGroupSpec") or {}), 1)]
+    for g in spec.get("workerGroupSpecs") or []:
+        out.append(NodeType(g.get("groupName", "workers"), _group_resources(g),
+                            int(g.get("maxReplicas", -1))))
+    return tuple(out)
+
+
 def _gcs_node_types() -> tuple | None:
     """Node types from the cluster config the autoscaler reports to Ray's GCS (what Ray Train
     itself reads), or None when there is none."""
@@ -121,8 +165,9 @@ def _gcs_node_types() -> tuple | None:
 def cluster_capacity(bootstrap_config: str | None = None) -> Capacity:
     """What the running cluster can grow to: the autoscaler's node types when the cluster
     autoscales (reported to the GCS, or the autoscaling config on the head node: the cluster
-    launcher's ``BOOTSTRAP_CONFIG``, or the file ``$RAYGAL_AUTOSCALER_CONFIG`` names), else
-    the nodes alive now (a fixed cluster, or a local Ray: what it has is all it will have)."""
+    launcher's ``BOOTSTRAP_CONFIG``, or the file ``$RAYGAL_AUTOSCALER_CONFIG`` names, which
+    may also be a KubeRay RayCluster or RayJob manifest), else the nodes alive now (a fixed
+    cluster, or a local Ray: what it has is all it will have)."""
     import ray
 
     types = _gcs_node_types()
@@ -134,7 +179,11 @@ def cluster_capacity(bootstrap_config: str | None = None) -> Capacity:
         import yaml
 
         with open(path) as f:
-            types = node_types_from_autoscaler_config(yaml.safe_load(f) or {})
+            docs = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+        kuberay = [d for d in docs if d.get("kind") in ("RayCluster", "RayJob")]
+        if kuberay:             # a KubeRay manifest mounted into the head pod (cluster/kuberay)
+            return Capacity(node_types_from_kuberay(kuberay[0]), f"KubeRay manifest ({path})")
+        types = node_types_from_autoscaler_config(docs[0] if docs else {})
         if types:
             return Capacity(types, f"autoscaler ({path})")
     nodes = [n for n in ray.nodes() if n.get("Alive")]

@@ -47,6 +47,38 @@ def test_gpu_workers_and_trials_on_a_cluster_that_starts_empty(aws):
     assert n == int(aws.total("GPU") // 2) >= 2, "trials must run side by side once nodes come"
 
 
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_manifest_mounted_on_the_head_is_read_as_node_types(name, monkeypatch):
+    """On KubeRay the shipped manifests mount themselves (a ConfigMap) on the head and name it
+    in RAYGAL_AUTOSCALER_CONFIG: workers and trials are sized from the worker groups, as on
+    the cluster launcher, not from the pods up at submit time (only the CPU-less head)."""
+    path = ROOT / "cluster" / "kuberay" / name
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    manifest = next(d for d in docs if d.get("kind") in ("RayCluster", "RayJob"))
+    spec = manifest["spec"] if manifest["kind"] == "RayCluster" else manifest["spec"][
+        "rayClusterSpec"]
+    head = spec["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
+    mount = head["containers"][0]["volumeMounts"][0]
+    assert env["RAYGAL_AUTOSCALER_CONFIG"] == f"{mount['mountPath']}/{name}"
+    assert {v["name"]: v["configMap"]["name"] for v in head["volumes"]}[mount["name"]]
+
+    monkeypatch.setenv("RAYGAL_AUTOSCALER_CONFIG", str(path))     # as mounted on the head
+    cap = cluster_capacity()
+    assert cap.source.startswith("KubeRay manifest")
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    types = {t.name: t for t in cap.node_types}
+    assert set(types) == {"head", *groups}
+    assert types["head"].max_count == 1 and types["head"].resources["CPU"] == 0
+    for name_, g in groups.items():
+        assert types[name_].max_count == g["maxReplicas"]
+    gpu = [t for t in cap.node_types if t.resources.get("GPU")]
+    assert cap.total("GPU") == sum(t.resources["GPU"] * t.max_count for t in gpu) >= 2
+    cfg = _cfg(workers=2, gpus_per_worker=1)
+    assert default_cpus_per_worker(cfg, cap) >= 1                  # the GPU pods' CPUs
+    assert max_concurrent(cfg, 3, cap) == int(cap.total("GPU") // 2) >= 2
+
+
 def test_unlimited_node_type_gives_no_submit_time_bound():
     cap = Capacity((NodeType("head", {"CPU": 4}, 1), NodeType("cpu", {"CPU": 16}, -1)), "t")
     assert math.isinf(cap.total("CPU"))
