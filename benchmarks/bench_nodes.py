@@ -42,14 +42,14 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import children  # noqa: E402
 
-MARK = "BENCH_NODES_RESULT "
 MIB = 1024 * 1024
 #: Single-threaded numerics in the children (the actors set torch to 1 thread themselves).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -199,18 +199,7 @@ CHILDREN = {"prepare": child_prepare, "run": child_run}
 
 
 def child_main(kind: str, spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    load0 = os.getloadavg()[0]
-    out = CHILDREN[kind](spec)
-    out["loadavg_1min"] = [load0, os.getloadavg()[0]]
-    sys.stdout.flush()
-    print(MARK + json.dumps(out), flush=True)
-
-
-#: Ray's start-up gives up after a fixed time when the machine is overloaded; such a child is
-#: run again (its Ray processes die with it).
-RAY_START_TIMEOUTS = ("The current node timed out during startup",
-                      "Timed out while waiting for nodes to join")
+    children.child_main(CHILDREN, kind, spec_json)
 
 
 def _child_env() -> dict:
@@ -238,22 +227,9 @@ def _warnings(stderr: str) -> list[str]:
     return seen[:20]
 
 
-def run_child(kind: str, spec: dict, attempts: int = 3) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, json.dumps(spec)]
-    for attempt in range(1, attempts + 1):
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
-        lines = [x for x in p.stdout.splitlines() if x.startswith(MARK)]
-        if p.returncode == 0 and lines:
-            return {**json.loads(lines[-1][len(MARK):]), "child_s": time.perf_counter() - t0,
-                    "attempts": attempt, "stderr_warnings": _warnings(p.stderr)}
-        if any(m in (p.stderr or "") for m in RAY_START_TIMEOUTS) and attempt < attempts:
-            print(f"[bench_nodes] child {kind}: Ray did not start in time (machine "
-                  f"overloaded?); trying again", file=sys.stderr, flush=True)
-            continue
-        tail = "\n".join((p.stderr or "").strip().splitlines()[-25:])
-        raise RuntimeError(f"bench_nodes child {kind} {spec} failed (exit {p.returncode}):\n"
-                           f"{tail}")
+def run_child(kind: str, spec: dict) -> dict:
+    out, stderr = children.run_child(__file__, kind, spec, _child_env(), name="bench_nodes")
+    return {**out, "stderr_warnings": _warnings(stderr)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,9 +53,9 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_stream import start_moto  # noqa: E402
+import children  # noqa: E402
 from procfs import process_table, with_descendants  # noqa: E402
 
-MARK = "BENCH_SCALE_RESULT "
 MIB = 1024 * 1024
 S3_ENV = ("RAYGAL_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
           "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
@@ -356,36 +356,12 @@ CHILDREN = {"simulate": child_simulate, "models": child_models, "infer": child_i
 
 
 def child_main(kind: str, spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    load0 = os.getloadavg()[0]
-    out = CHILDREN[kind](spec)
-    out["loadavg_1min"] = [load0, os.getloadavg()[0]]
-    sys.stdout.flush()
-    print(MARK + json.dumps(out), flush=True)
+    children.child_main(CHILDREN, kind, spec_json)
 
 
-#: Ray's local start-up gives up after a fixed 30 s (ray/_private/node.py) when the machine is
-#: overloaded; such a child is run again (its Ray processes die with it: Ray fate-shares them).
-RAY_START_TIMEOUT = "The current node timed out during startup"
-
-
-def run_child(kind: str, spec: dict, env: dict | None = None, attempts: int = 3) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, json.dumps(spec)]
-    for attempt in range(1, attempts + 1):
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True,
-                           env={**os.environ, **(env or {})})
-        lines = [x for x in p.stdout.splitlines() if x.startswith(MARK)]
-        if p.returncode == 0 and lines:
-            return {**json.loads(lines[-1][len(MARK):]), "child_s": time.perf_counter() - t0,
-                    "attempts": attempt}
-        if RAY_START_TIMEOUT in (p.stderr or "") and attempt < attempts:
-            print(f"[bench_scale] child {kind}: Ray did not start in time (machine "
-                  f"overloaded?); trying again", file=sys.stderr, flush=True)
-            continue
-        tail = "\n".join((p.stderr or "").strip().splitlines()[-25:])
-        raise RuntimeError(f"bench_scale child {kind} {spec} failed (exit {p.returncode}):\n"
-                           f"{tail}")
+def run_child(kind: str, spec: dict, env: dict | None = None) -> dict:
+    return children.run_child(__file__, kind, spec, {**os.environ, **(env or {})},
+                              name="bench_scale")[0]
 
 
 # ----------------------------------------------------------------------------------------------
